@@ -1,0 +1,234 @@
+"""Aggregation semantics as pure monoids: ``init / update / merge / finalize``.
+
+Written once, here. The plain-Python reference folds events with them; the Spark
+engine folds per-tile partials with them; the Bytewax engine keeps them as keyed
+state. No engine re-implements what an aggregation means.
+
+Contract (checked by the unit tests with property-style cases):
+
+* ``merge`` is associative and ``init()`` is its identity;
+* folding events one by one with ``update`` equals merging partial folds of any
+  split of the same events, whatever the order of arrival (``update`` is
+  order-insensitive because ``last`` orders by its ``order_key``, not by arrival);
+* ``finalize`` never mutates the state and returns ``None`` for "no value", which
+  the feature's cold-start default then replaces.
+
+For speed in the stream engine ``update`` and ``merge`` may mutate and return
+their first argument; callers that need the old state keep a :meth:`copy`.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import heapq
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+# Events are ordered for ``last`` by (event_time, ingest_time, event_id): total and
+# identical in every engine.
+OrderKey = tuple[Any, ...]
+
+
+class Aggregator(ABC):
+    """A commutative monoid over event values plus a finalizer."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def init(self) -> Any:
+        """The identity state (no events)."""
+
+    @abstractmethod
+    def update(self, state: Any, value: Any, order_key: OrderKey) -> Any:
+        """Fold one non-null input value into ``state``."""
+
+    @abstractmethod
+    def merge(self, a: Any, b: Any) -> Any:
+        """Combine two partial states."""
+
+    @abstractmethod
+    def finalize(self, state: Any) -> Any:
+        """The feature value of a state, or ``None`` when it has none."""
+
+    def copy(self, state: Any) -> Any:
+        return _copy.deepcopy(state)
+
+    def is_empty(self, state: Any) -> bool:
+        return bool(state == self.init())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Count(Aggregator):
+    kind: ClassVar[str] = "count"
+
+    def init(self) -> int:
+        return 0
+
+    def update(self, state: int, value: Any, order_key: OrderKey) -> int:
+        return state + 1
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def finalize(self, state: int) -> int:
+        return state
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sum(Aggregator):
+    kind: ClassVar[str] = "sum"
+
+    def init(self) -> float | int:
+        return 0
+
+    def update(self, state: float, value: Any, order_key: OrderKey) -> float:
+        return state + value
+
+    def merge(self, a: float, b: float) -> float:
+        return a + b
+
+    def finalize(self, state: float) -> float:
+        return state
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mean(Aggregator):
+    """State ``(sum, count)``; finalizes to ``None`` when empty."""
+
+    kind: ClassVar[str] = "mean"
+
+    def init(self) -> tuple[float, int]:
+        return (0.0, 0)
+
+    def update(self, state: tuple[float, int], value: Any, order_key: OrderKey) -> tuple[float, int]:
+        return (state[0] + value, state[1] + 1)
+
+    def merge(self, a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]:
+        return (a[0] + b[0], a[1] + b[1])
+
+    def finalize(self, state: tuple[float, int]) -> float | None:
+        return state[0] / state[1] if state[1] else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Min(Aggregator):
+    kind: ClassVar[str] = "min"
+
+    def init(self) -> Any:
+        return None
+
+    def update(self, state: Any, value: Any, order_key: OrderKey) -> Any:
+        return value if state is None or value < state else state
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return b if b < a else a
+
+    def finalize(self, state: Any) -> Any:
+        return state
+
+
+@dataclass(frozen=True, kw_only=True)
+class Max(Aggregator):
+    kind: ClassVar[str] = "max"
+
+    def init(self) -> Any:
+        return None
+
+    def update(self, state: Any, value: Any, order_key: OrderKey) -> Any:
+        return value if state is None or value > state else state
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return b if b > a else a
+
+    def finalize(self, state: Any) -> Any:
+        return state
+
+
+@dataclass(frozen=True, kw_only=True)
+class Last(Aggregator):
+    """The value of the latest event by ``order_key``; state ``(order_key, value)``."""
+
+    kind: ClassVar[str] = "last"
+
+    def init(self) -> Any:
+        return None
+
+    def update(self, state: Any, value: Any, order_key: OrderKey) -> Any:
+        return (order_key, value) if state is None or order_key > state[0] else state
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return b if b[0] > a[0] else a
+
+    def finalize(self, state: Any) -> Any:
+        return None if state is None else state[1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountDistinct(Aggregator):
+    """Exact distinct count; state is the set of values (windows bound its size)."""
+
+    kind: ClassVar[str] = "count_distinct"
+
+    def init(self) -> set[Any]:
+        return set()
+
+    def update(self, state: set[Any], value: Any, order_key: OrderKey) -> set[Any]:
+        state.add(value)
+        return state
+
+    def merge(self, a: set[Any], b: set[Any]) -> set[Any]:
+        if not b:
+            return a
+        a |= b
+        return a
+
+    def finalize(self, state: set[Any]) -> int:
+        return len(state)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopK(Aggregator):
+    """The ``k`` most frequent values, most frequent first, ties by value ascending.
+
+    State is a value -> count mapping (exact, bounded by the window).
+    """
+
+    kind: ClassVar[str] = "top_k"
+    k: int = 3
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"TopK.k must be >= 1, got {self.k}")
+
+    def init(self) -> dict[Any, int]:
+        return {}
+
+    def update(self, state: dict[Any, int], value: Any, order_key: OrderKey) -> dict[Any, int]:
+        state[value] = state.get(value, 0) + 1
+        return state
+
+    def merge(self, a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
+        for v, c in b.items():
+            a[v] = a.get(v, 0) + c
+        return a
+
+    def finalize(self, state: dict[Any, int]) -> list[Any]:
+        return [v for v, _ in heapq.nsmallest(self.k, state.items(), key=lambda vc: (-vc[1], vc[0]))]
+
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    cls.kind: cls for cls in (Count, Sum, Mean, Min, Max, Last, CountDistinct, TopK)
+}

@@ -1,0 +1,299 @@
+"""The Kairos feature catalogue: every feature, declared once.
+
+Names follow ``<entity>_<what>_<window>``. The seeds' own features are here by
+name: ``user_total_spend_30d``, ``session_engagement_score_5m``,
+``session_top3_categories_24h``, ``user_items_in_cart_not_purchased_24h``,
+``user_login_freq_change_7d``, ``user_help_searches_7d`` and
+``user_distinct_devices_24h``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from features.aggregations import Count, CountDistinct, Last, Max, Mean, Min, Sum, TopK
+from features.events import EventType as E
+from features.expr import (
+    clip,
+    coalesce,
+    col,
+    day_of_week,
+    eq,
+    ge,
+    greatest,
+    hour_of_day,
+    if_,
+    ln1p,
+    seconds_between,
+)
+from features.spec import (
+    REQUEST_TIME,
+    W1H,
+    W5M,
+    W7D,
+    W24H,
+    W30D,
+    Aggregation,
+    Derived,
+    Entity,
+    EventSource,
+    FeatureService,
+    FeatureView,
+    OnDemandFeature,
+    OnDemandView,
+    Window,
+)
+
+USER: Final = Entity(name="user", join_key="user_id", description="A signed-in or identified visitor")
+SESSION: Final = Entity(name="session", join_key="session_id",
+                        description="One visit: events of a user with no gap above 30 minutes")
+
+EVENTS: Final = EventSource(
+    name="behavioural_events",
+    batch_table="events",
+    stream_topic="kairos.events",
+    description="All behavioural events, schema v1 (features/events.py)",
+)
+
+COMMERCE = {"domain": "commerce"}
+ACCOUNT = {"domain": "account"}
+ENGAGE = {"domain": "engagement"}
+
+_ZERO_I: Final = {"default": 0, "min_value": 0}
+_ZERO_F: Final = {"default": 0.0, "min_value": 0.0}
+
+
+def _count(name: str, types: set[E], window: Window, description: str, **kw: Any) -> Aggregation:
+    return Aggregation(name=name, op=Count(), window=window, event_types=frozenset(types), dtype="int64",
+                       description=description, **(_ZERO_I | kw))
+
+
+# --------------------------------------------------------------------------------------- user commerce
+USER_COMMERCE: Final = FeatureView(
+    name="user_commerce",
+    entity=USER,
+    source=EVENTS,
+    description="What a user browses, carts and buys",
+    tags=COMMERCE,
+    aggregations=(
+        Aggregation(name="user_total_spend_30d", op=Sum(), input=col("amount"), event_types=frozenset({E.PURCHASE}),
+                    window=W30D, dtype="float64", description="Total order value in the last 30 days", tags=COMMERCE,
+                    **_ZERO_F),
+        _count("user_purchases_30d", {E.PURCHASE}, W30D, "Orders in the last 30 days", tags=COMMERCE),
+        Aggregation(name="user_avg_order_value_30d", op=Mean(), input=col("amount"),
+                    event_types=frozenset({E.PURCHASE}), window=W30D, dtype="float64",
+                    description="Mean order value in the last 30 days (0 without orders)", **_ZERO_F),
+        Aggregation(name="user_max_order_value_30d", op=Max(), input=col("amount"),
+                    event_types=frozenset({E.PURCHASE}), window=W30D, dtype="float64",
+                    description="Largest order in the last 30 days (0 without orders)", **_ZERO_F),
+        _count("user_cart_adds_30d", {E.ADD_TO_CART}, W30D, "Add-to-cart events in the last 30 days"),
+        _count("user_product_views_1h", {E.PRODUCT_VIEW}, W1H, "Product views in the last hour"),
+        _count("user_product_views_24h", {E.PRODUCT_VIEW}, W24H, "Product views in the last 24 hours"),
+        Aggregation(name="user_distinct_products_viewed_24h", op=CountDistinct(), input=col("product_id"),
+                    event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="int64",
+                    description="Distinct products viewed in the last 24 hours", **_ZERO_I),
+        Aggregation(name="user_min_viewed_price_24h", op=Min(), input=col("price"),
+                    event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="float64",
+                    description="Cheapest product price viewed in 24 hours (0 without views)", **_ZERO_F),
+        Aggregation(name="user_cart_qty_added_24h", op=Sum(), input=col("quantity"),
+                    event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="int64",
+                    description="Units added to cart in the last 24 hours", **_ZERO_I),
+        Aggregation(name="user_cart_qty_removed_24h", op=Sum(), input=col("quantity"),
+                    event_types=frozenset({E.REMOVE_FROM_CART}), window=W24H, dtype="int64",
+                    description="Units removed from cart in the last 24 hours", **_ZERO_I),
+        Aggregation(name="user_qty_purchased_24h", op=Sum(), input=col("quantity"),
+                    event_types=frozenset({E.PURCHASE}), window=W24H, dtype="int64",
+                    description="Units bought in the last 24 hours", **_ZERO_I),
+        _count("user_checkouts_24h", {E.CHECKOUT_START}, W24H, "Checkouts started in the last 24 hours"),
+        Aggregation(name="user_top3_categories_24h", op=TopK(k=3), input=col("category"),
+                    event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="array<string>", default=[],
+                    description="The three most viewed categories in 24 hours, most viewed first"),
+        Aggregation(name="user_last_viewed_category_24h", op=Last(), input=col("category"),
+                    event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="string", default="",
+                    description="Category of the latest product view in 24 hours ('' if none)"),
+        Aggregation(name="user_last_purchase_at_30d", op=Last(), input=col("event_time"),
+                    event_types=frozenset({E.PURCHASE}), window=W30D, dtype="timestamp", default=None,
+                    description="Time of the latest purchase in 30 days (null if none)"),
+    ),
+    derived=(
+        Derived(name="user_items_in_cart_not_purchased_24h", dtype="int64", **_ZERO_I,
+                expr=greatest(col("user_cart_qty_added_24h") - col("user_cart_qty_removed_24h")
+                              - col("user_qty_purchased_24h"), 0),
+                description="Units added to cart in 24 hours and neither removed nor bought"),
+        Derived(name="user_cart_conversion_30d", dtype="float64", min_value=0.0, default=0.0,
+                expr=coalesce(col("user_purchases_30d") / col("user_cart_adds_30d"), 0.0),
+                description="Orders per add-to-cart in 30 days (0 without adds)"),
+        Derived(name="user_rfm_monetary_score_30d", dtype="float64", min_value=0.0, max_value=5.0, default=0.0,
+                expr=clip(ln1p(col("user_total_spend_30d")) * 0.75, 0.0, 5.0),
+                description="RFM monetary score: log of 30-day spend, 0-5"),
+        Derived(name="user_rfm_frequency_score_30d", dtype="float64", min_value=0.0, max_value=5.0, default=0.0,
+                expr=clip(col("user_purchases_30d") * 1.0, 0.0, 5.0),
+                description="RFM frequency score: orders in 30 days capped at 5"),
+    ),
+)
+
+# --------------------------------------------------------------------------------------- user account
+USER_ACCOUNT: Final = FeatureView(
+    name="user_account",
+    entity=USER,
+    source=EVENTS,
+    description="Logins, help-seeking, devices and onboarding: churn signals",
+    tags=ACCOUNT,
+    aggregations=(
+        _count("user_logins_7d", {E.LOGIN}, W7D, "Logins in the last 7 days", tags=ACCOUNT),
+        _count("user_logins_30d", {E.LOGIN}, W30D, "Logins in the last 30 days", tags=ACCOUNT),
+        _count("user_help_searches_24h", {E.HELP_SEARCH}, W24H, "Help searches in the last 24 hours"),
+        _count("user_help_searches_7d", {E.HELP_SEARCH}, W7D, "Help searches in the last 7 days", tags=ACCOUNT),
+        _count("user_feature_uses_7d", {E.FEATURE_USE}, W7D, "Product-feature uses in the last 7 days"),
+        _count("user_failed_feature_uses_7d", {E.FEATURE_USE}, W7D, "Failed product-feature uses in 7 days",
+               where=eq(col("success"), False)),
+        _count("user_events_24h", set(E), W24H, "Events of any type in the last 24 hours"),
+        Aggregation(name="user_distinct_devices_24h", op=CountDistinct(), input=col("device_id"), window=W24H,
+                    dtype="int64", description="Distinct devices used in the last 24 hours", **_ZERO_I),
+        Aggregation(name="user_onboarding_max_step_30d", op=Max(), input=col("step_index"),
+                    event_types=frozenset({E.ONBOARDING_STEP}), where=eq(col("completed"), True), window=W30D,
+                    dtype="int64", default=-1, min_value=-1,
+                    description="Highest completed onboarding step in 30 days (-1 if none)"),
+        _count("user_form_abandons_24h", {E.FORM_STEP}, W24H, "Form steps left uncompleted in 24 hours",
+               where=eq(col("completed"), False)),
+        Aggregation(name="user_last_login_at_30d", op=Last(), input=col("event_time"),
+                    event_types=frozenset({E.LOGIN}), window=W30D, dtype="timestamp", default=None,
+                    description="Time of the latest login in 30 days (null if none)"),
+    ),
+    derived=(
+        # Logins in the last 7 days against the weekly rate of the 23 days before them.
+        Derived(name="user_login_freq_change_7d", dtype="float64", default=0.0, min_value=-1.0,
+                expr=coalesce(
+                    (col("user_logins_7d") - (col("user_logins_30d") - col("user_logins_7d")) * (7 / 23))
+                    / ((col("user_logins_30d") - col("user_logins_7d")) * (7 / 23)),
+                    0.0),
+                description="Relative change of the 7-day login count against the prior weekly rate "
+                            "(-0.5 = logins halved; 0 without prior logins)"),
+    ),
+)
+
+# --------------------------------------------------------------------------------------- session activity
+SESSION_ACTIVITY: Final = FeatureView(
+    name="session_activity",
+    entity=SESSION,
+    source=EVENTS,
+    description="What happens inside one session, minute by minute",
+    tags=ENGAGE,
+    aggregations=(
+        _count("session_page_views_5m", {E.PAGE_VIEW}, W5M, "Page views in the last 5 minutes"),
+        _count("session_product_views_5m", {E.PRODUCT_VIEW}, W5M, "Product views in the last 5 minutes"),
+        _count("session_cart_adds_5m", {E.ADD_TO_CART}, W5M, "Add-to-cart events in the last 5 minutes"),
+        _count("session_searches_5m", {E.SEARCH}, W5M, "Searches in the last 5 minutes"),
+        Aggregation(name="session_dwell_seconds_5m", op=Sum(), input=col("dwell_seconds"),
+                    event_types=frozenset({E.PAGE_VIEW}), window=W5M, dtype="float64",
+                    description="Seconds spent on pages viewed in the last 5 minutes", **_ZERO_F),
+        Aggregation(name="session_max_scroll_pct_5m", op=Max(), input=col("scroll_pct"),
+                    event_types=frozenset({E.SCROLL}), window=W5M, dtype="float64", max_value=100.0,
+                    description="Deepest scroll in the last 5 minutes, percent", **_ZERO_F),
+        Aggregation(name="session_max_video_pct_5m", op=Max(), input=col("progress_pct"),
+                    event_types=frozenset({E.VIDEO_PROGRESS}), window=W5M, dtype="float64", max_value=100.0,
+                    description="Furthest video progress in the last 5 minutes, percent", **_ZERO_F),
+        _count("session_events_1h", set(E), W1H, "Events of any type in the last hour"),
+        Aggregation(name="session_top3_categories_24h", op=TopK(k=3), input=col("category"),
+                    event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="array<string>", default=[],
+                    description="The session's three most viewed categories, most viewed first"),
+        Aggregation(name="session_cart_qty_added_24h", op=Sum(), input=col("quantity"),
+                    event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="int64",
+                    description="Units the session added to cart", **_ZERO_I),
+        Aggregation(name="session_cart_qty_removed_24h", op=Sum(), input=col("quantity"),
+                    event_types=frozenset({E.REMOVE_FROM_CART}), window=W24H, dtype="int64",
+                    description="Units the session removed from cart", **_ZERO_I),
+        Aggregation(name="session_qty_purchased_24h", op=Sum(), input=col("quantity"),
+                    event_types=frozenset({E.PURCHASE}), window=W24H, dtype="int64",
+                    description="Units the session bought", **_ZERO_I),
+        Aggregation(name="session_first_event_at_24h", op=Min(), input=col("event_time"), window=W24H,
+                    dtype="timestamp", default=None, description="When the session started (null if unseen)"),
+        Aggregation(name="session_last_event_at_24h", op=Last(), input=col("event_time"), window=W24H,
+                    dtype="timestamp", default=None, description="The session's latest event (null if unseen)"),
+        Aggregation(name="session_last_cart_add_at_24h", op=Last(), input=col("event_time"),
+                    event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="timestamp", default=None,
+                    description="The session's latest add-to-cart (null if none)"),
+        Aggregation(name="session_last_page_24h", op=Last(), input=col("page"), event_types=frozenset({E.PAGE_VIEW}),
+                    window=W24H, dtype="string", default="", description="The session's latest page ('' if none)"),
+    ),
+    derived=(
+        # The 5-minute session engagement score of the seeds: a weighted sum of recent activity, 0-100.
+        Derived(name="session_engagement_score_5m", dtype="float64", min_value=0.0, max_value=100.0, default=0.0,
+                expr=clip(col("session_page_views_5m") * 2.0 + col("session_product_views_5m") * 3.0
+                          + col("session_cart_adds_5m") * 10.0 + col("session_searches_5m") * 2.0
+                          + col("session_dwell_seconds_5m") / 30.0 + col("session_max_scroll_pct_5m") / 10.0
+                          + col("session_max_video_pct_5m") / 10.0, 0.0, 100.0),
+                description="Weighted 5-minute activity: views, carts, searches, dwell, scroll and video, 0-100"),
+        Derived(name="session_items_in_cart_not_purchased_24h", dtype="int64", **_ZERO_I,
+                expr=greatest(col("session_cart_qty_added_24h") - col("session_cart_qty_removed_24h")
+                              - col("session_qty_purchased_24h"), 0),
+                description="Units in the session's cart that were not bought"),
+    ),
+)
+
+# --------------------------------------------------------------------------------------- on demand
+_MONTH_S: Final = 30 * 86400.0
+_HOUR_S: Final = 3600.0
+
+USER_RECENCY: Final = OnDemandView(
+    name="user_recency",
+    sources=(USER_COMMERCE, USER_ACCOUNT),
+    request_fields=(REQUEST_TIME,),
+    description="Time since the user's last purchase and login, at request time",
+    features=(
+        OnDemandFeature(name="user_seconds_since_last_purchase", dtype="float64", default=_MONTH_S, min_value=0.0,
+                        expr=seconds_between(col("request_time"), col("user_last_purchase_at_30d")),
+                        description="Seconds since the latest purchase (30 days when none in 30 days)"),
+        OnDemandFeature(name="user_seconds_since_last_login", dtype="float64", default=_MONTH_S, min_value=0.0,
+                        expr=seconds_between(col("request_time"), col("user_last_login_at_30d")),
+                        description="Seconds since the latest login (30 days when none in 30 days)"),
+        OnDemandFeature(name="user_rfm_recency_score", dtype="float64", default=0.0, min_value=0.0, max_value=5.0,
+                        expr=clip(5.0 - seconds_between(col("request_time"), col("user_last_purchase_at_30d"))
+                                  / (6 * 86400.0), 0.0, 5.0),
+                        description="RFM recency score: 5 for a purchase just now, 0 after 30 days"),
+    ),
+)
+
+SESSION_CONTEXT: Final = OnDemandView(
+    name="session_context",
+    sources=(SESSION_ACTIVITY,),
+    request_fields=(REQUEST_TIME,),
+    description="Inactivity, time in session and cart idle time, at request time",
+    features=(
+        OnDemandFeature(name="session_seconds_inactive", dtype="float64", default=0.0, min_value=0.0,
+                        expr=seconds_between(col("request_time"), col("session_last_event_at_24h")),
+                        description="Seconds since the session's latest event (0 for a new session)"),
+        OnDemandFeature(name="session_duration_seconds", dtype="float64", default=0.0, min_value=0.0,
+                        expr=seconds_between(col("request_time"), col("session_first_event_at_24h")),
+                        description="Seconds since the session started (0 for a new session)"),
+        OnDemandFeature(name="session_cart_idle_seconds", dtype="float64", default=0.0, min_value=0.0,
+                        expr=if_(ge(col("session_items_in_cart_not_purchased_24h"), 1),
+                                 seconds_between(col("request_time"), col("session_last_cart_add_at_24h")), 0.0),
+                        description="Seconds since the last add-to-cart while items remain unbought (else 0); "
+                                    "the cart-abandonment trigger fires at 900"),
+        OnDemandFeature(name="request_hour_of_day", dtype="int64", default=0, min_value=0, max_value=23,
+                        expr=hour_of_day(col("request_time")), description="UTC hour of the request"),
+        OnDemandFeature(name="request_day_of_week", dtype="int64", default=1, min_value=1, max_value=7,
+                        expr=day_of_week(col("request_time")), description="ISO day of week of the request"),
+    ),
+)
+
+# --------------------------------------------------------------------------------------- services
+PURCHASE_PROPENSITY_V1: Final = FeatureService(
+    name="purchase_propensity_v1",
+    description="Everything the purchase-propensity model reads",
+    views=(USER_COMMERCE, USER_ACCOUNT, SESSION_ACTIVITY, USER_RECENCY, SESSION_CONTEXT),
+    tags={"model": "purchase_propensity"},
+)
+CHURN_V1: Final = FeatureService(
+    name="churn_v1",
+    description="Everything the churn model reads",
+    views=(USER_ACCOUNT, USER_COMMERCE, USER_RECENCY),
+    tags={"model": "churn"},
+)
+SESSION_TRIGGERS_V1: Final = FeatureService(
+    name="session_triggers_v1",
+    description="Session features behind behavioural triggers (cart abandonment, inactivity, time on page)",
+    views=(SESSION_ACTIVITY, SESSION_CONTEXT),
+    tags={"consumer": "decision_layer"},
+)

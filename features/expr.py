@@ -1,0 +1,265 @@
+"""A tiny, engine-free expression language.
+
+Specs use it for aggregation inputs (``col("price") * col("quantity")``), for
+derived features (ratios, RFM scores) and for on-demand features. The reference
+evaluates an expression with :meth:`Expr.evaluate` over a plain mapping; engines
+compile the same tree to their own column expressions (Spark ``Column``, Python
+for Bytewax) by walking it with :func:`walk`-style visitors, so a formula is
+written once.
+
+Null semantics: any arithmetic with a null gives null; ``coalesce`` replaces
+nulls; division by zero gives null (never an exception, never ``inf``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+Number = int | float
+
+
+class Expr(ABC):
+    """Base class; build with :func:`col`, :func:`lit` and the operators."""
+
+    @abstractmethod
+    def evaluate(self, row: Mapping[str, Any]) -> Any:
+        """The value of the expression over one row (event or feature row)."""
+
+    @abstractmethod
+    def columns(self) -> frozenset[str]:
+        """Names of the inputs this expression reads."""
+
+    # operators ---------------------------------------------------------------------------
+    def __add__(self, other: Expr | Number) -> Expr:
+        return BinOp(op="+", left=self, right=_wrap(other))
+
+    def __radd__(self, other: Number) -> Expr:
+        return BinOp(op="+", left=_wrap(other), right=self)
+
+    def __sub__(self, other: Expr | Number) -> Expr:
+        return BinOp(op="-", left=self, right=_wrap(other))
+
+    def __rsub__(self, other: Number) -> Expr:
+        return BinOp(op="-", left=_wrap(other), right=self)
+
+    def __mul__(self, other: Expr | Number) -> Expr:
+        return BinOp(op="*", left=self, right=_wrap(other))
+
+    def __rmul__(self, other: Number) -> Expr:
+        return BinOp(op="*", left=_wrap(other), right=self)
+
+    def __truediv__(self, other: Expr | Number) -> Expr:
+        return BinOp(op="/", left=self, right=_wrap(other))
+
+    def __rtruediv__(self, other: Number) -> Expr:
+        return BinOp(op="/", left=_wrap(other), right=self)
+
+
+def _wrap(v: Expr | Number) -> Expr:
+    return v if isinstance(v, Expr) else Lit(value=float(v) if isinstance(v, float) else v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Col(Expr):
+    name: str
+
+    def evaluate(self, row: Mapping[str, Any]) -> Any:
+        v = row.get(self.name)
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        return v
+
+    def columns(self) -> frozenset[str]:
+        return frozenset({self.name})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lit(Expr):
+    value: Any
+
+    def evaluate(self, row: Mapping[str, Any]) -> Any:
+        return self.value
+
+    def columns(self) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BinOp(Expr):
+    OPS: ClassVar[tuple[str, ...]] = ("+", "-", "*", "/")
+    op: str
+    left: Expr
+    right: Expr
+
+    def evaluate(self, row: Mapping[str, Any]) -> Any:
+        a, b = self.left.evaluate(row), self.right.evaluate(row)
+        if a is None or b is None:
+            return None
+        if self.op == "+":
+            return a + b
+        if self.op == "-":
+            return a - b
+        if self.op == "*":
+            return a * b
+        if b == 0:
+            return None
+        return a / b
+
+    def columns(self) -> frozenset[str]:
+        return self.left.columns() | self.right.columns()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Func(Expr):
+    """A named function from :data:`FUNCTIONS` applied to arguments."""
+
+    name: str
+    args: tuple[Expr, ...]
+
+    def evaluate(self, row: Mapping[str, Any]) -> Any:
+        values = [a.evaluate(row) for a in self.args]
+        return FUNCTIONS[self.name](*values)
+
+    def columns(self) -> frozenset[str]:
+        out: frozenset[str] = frozenset()
+        for a in self.args:
+            out |= a.columns()
+        return out
+
+
+def _coalesce(*vs: Any) -> Any:
+    return next((v for v in vs if v is not None), None)
+
+
+def _least(*vs: Any) -> Any:
+    return None if any(v is None for v in vs) else min(vs)
+
+
+def _greatest(*vs: Any) -> Any:
+    return None if any(v is None for v in vs) else max(vs)
+
+
+def _seconds_between(later: Any, earlier: Any) -> Any:
+    if later is None or earlier is None:
+        return None
+    if not (isinstance(later, datetime) and isinstance(earlier, datetime)):
+        raise TypeError("seconds_between takes two datetimes")
+    return (later - earlier).total_seconds()
+
+
+def _length(v: Any) -> Any:
+    return None if v is None else len(v)
+
+
+def _ln1p(v: Any) -> Any:
+    return None if v is None else math.log1p(max(v, 0.0))
+
+
+def _hour_of_day(v: Any) -> Any:
+    return None if v is None else v.hour
+
+
+def _day_of_week(v: Any) -> Any:
+    return None if v is None else v.isoweekday()  # 1 = Monday ... 7 = Sunday
+
+
+def _eq(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else a == b
+
+
+def _ge(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else a >= b
+
+
+def _not(a: Any) -> Any:
+    return None if a is None else not a
+
+
+def _if(cond: Any, then: Any, other: Any) -> Any:
+    return then if cond else other
+
+
+FUNCTIONS: dict[str, Any] = {
+    "if": _if,
+    "eq": _eq,
+    "ge": _ge,
+    "not": _not,
+    "coalesce": _coalesce,
+    "least": _least,
+    "greatest": _greatest,
+    "seconds_between": _seconds_between,
+    "length": _length,
+    "ln1p": _ln1p,
+    "hour_of_day": _hour_of_day,
+    "day_of_week": _day_of_week,
+}
+
+
+def col(name: str) -> Col:
+    return Col(name=name)
+
+
+def lit(value: Any) -> Lit:
+    return Lit(value=value)
+
+
+def coalesce(*args: Expr | Number) -> Func:
+    return Func(name="coalesce", args=tuple(_wrap(a) for a in args))
+
+
+def least(*args: Expr | Number) -> Func:
+    return Func(name="least", args=tuple(_wrap(a) for a in args))
+
+
+def greatest(*args: Expr | Number) -> Func:
+    return Func(name="greatest", args=tuple(_wrap(a) for a in args))
+
+
+def clip(x: Expr, lo: Number, hi: Number) -> Func:
+    return least(greatest(x, lo), hi)
+
+
+def seconds_between(later: Expr, earlier: Expr) -> Func:
+    return Func(name="seconds_between", args=(later, earlier))
+
+
+def length(x: Expr) -> Func:
+    return Func(name="length", args=(x,))
+
+
+def ln1p(x: Expr) -> Func:
+    return Func(name="ln1p", args=(x,))
+
+
+def hour_of_day(x: Expr) -> Func:
+    return Func(name="hour_of_day", args=(x,))
+
+
+def day_of_week(x: Expr) -> Func:
+    return Func(name="day_of_week", args=(x,))
+
+
+def eq(a: Expr | Number | str, b: Expr | Number | str) -> Func:
+    return Func(name="eq", args=(_wrap_any(a), _wrap_any(b)))
+
+
+def ge(a: Expr | Number, b: Expr | Number) -> Func:
+    return Func(name="ge", args=(_wrap(a), _wrap(b)))
+
+
+def not_(a: Expr) -> Func:
+    return Func(name="not", args=(a,))
+
+
+def _wrap_any(v: Expr | Number | str) -> Expr:
+    return v if isinstance(v, Expr) else Lit(value=v)
+
+
+def if_(cond: Expr, then: Expr | Number, otherwise: Expr | Number) -> Func:
+    """``then`` where ``cond`` is true, else ``otherwise`` (a null condition counts as false)."""
+    return Func(name="if", args=(cond, _wrap(then), _wrap(otherwise)))

@@ -1,0 +1,95 @@
+"""The registry of specs: one place that lists and checks every declaration.
+
+Engines, the Feast generator, validation suites and serving all enumerate specs
+from here. Construction checks the catalogue's integrity, so a bad declaration
+fails at import time with a message naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from features import catalog
+from features.events import FIELDS_BY_NAME
+from features.spec import (
+    Entity,
+    EventSource,
+    Feature,
+    FeatureService,
+    FeatureView,
+    OnDemandView,
+    check_unique,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registry:
+    entities: tuple[Entity, ...]
+    sources: tuple[EventSource, ...]
+    views: tuple[FeatureView, ...]
+    on_demand_views: tuple[OnDemandView, ...]
+    services: tuple[FeatureService, ...]
+
+    def __post_init__(self) -> None:
+        check_unique("entity", (e.name for e in self.entities))
+        check_unique("view", (v.name for v in (*self.views, *self.on_demand_views)))
+        check_unique("service", (s.name for s in self.services))
+        check_unique("feature", (f.name for f in self.all_features))
+        for v in self.views:
+            if v.entity not in self.entities:
+                raise ValueError(f"view {v.name!r}: entity {v.entity.name!r} is not registered")
+            for field_name in v.event_fields():
+                if field_name not in FIELDS_BY_NAME:
+                    raise ValueError(f"view {v.name!r} reads {field_name!r}, which is not an event field")
+            known: set[str] = {a.name for a in v.aggregations}
+            for d in v.derived:
+                missing = d.expr.columns() - known
+                if missing:
+                    raise ValueError(f"derived feature {d.name!r} reads unknown {sorted(missing)}")
+                known.add(d.name)
+        for o in self.on_demand_views:
+            known = {n for v in o.sources for n in v.feature_names} | {r.name for r in o.request_fields}
+            for f in o.features:
+                missing = f.expr.columns() - known
+                if missing:
+                    raise ValueError(f"on-demand feature {f.name!r} reads unknown {sorted(missing)}")
+
+    @cached_property
+    def all_features(self) -> tuple[Feature, ...]:
+        return tuple(f for v in self.views for f in v.features) + tuple(
+            f for o in self.on_demand_views for f in o.features
+        )
+
+    def view(self, name: str) -> FeatureView:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise KeyError(f"no feature view named {name!r}; known: {[v.name for v in self.views]}")
+
+    def on_demand_view(self, name: str) -> OnDemandView:
+        for o in self.on_demand_views:
+            if o.name == name:
+                return o
+        raise KeyError(f"no on-demand view named {name!r}")
+
+    def service(self, name: str) -> FeatureService:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(f"no feature service named {name!r}; known: {[s.name for s in self.services]}")
+
+    def feature(self, name: str) -> Feature:
+        for f in self.all_features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature named {name!r}")
+
+
+REGISTRY = Registry(
+    entities=(catalog.USER, catalog.SESSION),
+    sources=(catalog.EVENTS,),
+    views=(catalog.USER_COMMERCE, catalog.USER_ACCOUNT, catalog.SESSION_ACTIVITY),
+    on_demand_views=(catalog.USER_RECENCY, catalog.SESSION_CONTEXT),
+    services=(catalog.PURCHASE_PROPENSITY_V1, catalog.CHURN_V1, catalog.SESSION_TRIGGERS_V1),
+)

@@ -1,0 +1,267 @@
+"""Engine-free feature specifications.
+
+Frozen, keyword-only dataclasses in the spirit of Chronon's ``GroupBy``: an
+entity, one event source that names both its batch table and its stream topic,
+windowed aggregations over filtered event types, derived features, request-time
+(on-demand) features and feature services. Names and dtypes live here; engines
+(Spark, Bytewax) and the generated Feast repo take them from here and never make
+up their own.
+
+This module never imports pyspark, bytewax or feast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from features.aggregations import Aggregator
+from features.events import EventType
+from features.expr import Expr, lit
+
+DType = Literal["int64", "float64", "string", "bool", "timestamp", "array<string>"]
+DTYPES: Final[frozenset[str]] = frozenset({"int64", "float64", "string", "bool", "timestamp", "array<string>"})
+ALL_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(EventType)
+
+
+def _fmt(td: timedelta) -> str:
+    s = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s % size == 0 and s >= size:
+            n = s // size
+            return f"{n * 24}h" if unit == "d" and n == 1 else f"{n}{unit}"
+    return f"{s}s"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entity:
+    name: str
+    join_key: str
+    description: str
+    dtype: DType = "string"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventSource:
+    """One stream of events: its batch table (day-partitioned parquet) and its topic."""
+
+    name: str
+    batch_table: str
+    stream_topic: str
+    description: str
+    timestamp_field: str = "event_time"
+    arrival_field: str = "ingest_time"
+    id_field: str = "event_id"
+    consent_field: str = "consent_analytics"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Window:
+    """A sliding window of ``length`` with tail precision ``hop``.
+
+    As of time ``t`` the window holds events with
+    ``floor(t, hop) - length <= event_time <= t`` (see SEMANTICS.md).
+    """
+
+    length: timedelta
+    hop: timedelta
+
+    def __post_init__(self) -> None:
+        if self.hop <= timedelta(0) or self.length <= timedelta(0):
+            raise ValueError("window length and hop must be positive")
+        if self.length % self.hop:
+            raise ValueError(f"hop {self.hop} must divide window length {self.length}")
+        if timedelta(days=1) % self.hop:
+            raise ValueError(f"hop {self.hop} must divide one day, so tiles align to UTC midnight")
+
+    @property
+    def name(self) -> str:
+        return _fmt(self.length)
+
+
+W5M: Final = Window(length=timedelta(minutes=5), hop=timedelta(minutes=1))
+W1H: Final = Window(length=timedelta(hours=1), hop=timedelta(minutes=5))
+W24H: Final = Window(length=timedelta(hours=24), hop=timedelta(hours=1))
+W7D: Final = Window(length=timedelta(days=7), hop=timedelta(hours=1))
+W30D: Final = Window(length=timedelta(days=30), hop=timedelta(days=1))
+WINDOWS: Final = (W5M, W1H, W24H, W7D, W30D)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Feature:
+    """What every feature carries: identity, type, documentation and its cold-start default."""
+
+    name: str
+    dtype: DType
+    description: str
+    default: Any
+    owner: str = "personalization@kairos"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    min_value: float | None = None
+    max_value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"feature {self.name!r}: dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if not self.description:
+            raise ValueError(f"feature {self.name!r}: a description is required")
+
+    @property
+    def nullable(self) -> bool:
+        """A feature may be null only when its cold-start default is null."""
+        return self.default is None
+
+    def cast(self, value: Any) -> Any:
+        """Apply the cold-start default and the spec dtype to a finalized value."""
+        if value is None:
+            return self.default
+        if self.dtype == "int64":
+            return int(value)
+        if self.dtype == "float64":
+            return float(value)
+        if self.dtype == "array<string>":
+            return [str(v) for v in value]
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aggregation(Feature):
+    """``op`` over ``input`` for events of ``event_types`` (and ``where``) within ``window``."""
+
+    op: Aggregator
+    window: Window
+    event_types: frozenset[EventType] = ALL_EVENT_TYPES
+    input: Expr = field(default_factory=lambda: lit(1))
+    where: Expr | None = None
+
+    def accepts(self, event: Mapping[str, Any]) -> bool:
+        if event["event_type"] not in self.event_types:
+            return False
+        return self.where is None or bool(self.where.evaluate(event))
+
+    def value_of(self, event: Mapping[str, Any]) -> Any:
+        """The input value of an accepted event, or ``None`` (nulls are not aggregated)."""
+        return self.input.evaluate(event)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Derived(Feature):
+    """A feature computed from other features of the same view, after defaults apply."""
+
+    expr: Expr
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureView:
+    """A group of windowed aggregations of one source, keyed by one entity (Chronon's GroupBy)."""
+
+    name: str
+    entity: Entity
+    source: EventSource
+    aggregations: tuple[Aggregation, ...]
+    derived: tuple[Derived, ...] = ()
+    description: str
+    owner: str = "personalization@kairos"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    online: bool = True
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return (*self.aggregations, *self.derived)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def hops(self) -> frozenset[timedelta]:
+        return frozenset(a.window.hop for a in self.aggregations)
+
+    @property
+    def ttl(self) -> timedelta:
+        """After this long without events every windowed value is back at its default."""
+        return max(a.window.length + a.window.hop for a in self.aggregations)
+
+    def event_fields(self) -> frozenset[str]:
+        """Event fields that the view reads (keys, times, inputs and filters)."""
+        out = {self.entity.join_key, self.source.timestamp_field, self.source.arrival_field,
+               self.source.id_field, self.source.consent_field, "event_type"}
+        for a in self.aggregations:
+            out |= a.input.columns()
+            if a.where is not None:
+                out |= a.where.columns()
+        return frozenset(out)
+
+    def finalize_row(self, aggregated: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults and dtypes for the aggregations, then the derived features, in spec order."""
+        row = {a.name: a.cast(aggregated.get(a.name)) for a in self.aggregations}
+        for d in self.derived:
+            row[d.name] = d.cast(d.expr.evaluate(row))
+        return row
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestField:
+    name: str
+    dtype: DType
+    description: str
+
+
+REQUEST_TIME: Final = RequestField(name="request_time", dtype="timestamp",
+                                   description="When the caller asks for features (UTC)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnDemandFeature(Feature):
+    """A request-time feature: an expression over view features and request fields."""
+
+    expr: Expr
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnDemandView:
+    name: str
+    sources: tuple[FeatureView, ...]
+    request_fields: tuple[RequestField, ...]
+    features: tuple[OnDemandFeature, ...]
+    description: str
+    owner: str = "personalization@kairos"
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def compute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {f.name: f.cast(f.expr.evaluate(inputs)) for f in self.features}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureService:
+    """A named, versioned set of features a model consumes."""
+
+    name: str
+    description: str
+    views: tuple[FeatureView | OnDemandView, ...]
+    owner: str = "personalization@kairos"
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def feature_refs(self) -> tuple[str, ...]:
+        """Feast-style ``view:feature`` references."""
+        return tuple(f"{v.name}:{n}" for v in self.views for n in v.feature_names)
+
+
+def check_unique(kind: str, names: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{kind} name {n!r} is declared twice")
+        seen.add(n)
+
+
+def as_utc(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        raise ValueError(f"{ts!r} has no timezone; Kairos times are UTC")
+    return ts
