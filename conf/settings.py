@@ -84,9 +84,9 @@ class SimulatorSettings(_Section):
     users: int = 2000
     days: int = 14
     start: datetime = datetime(2026, 10, 1, tzinfo=UTC)
-    duplicate_rate: float = Field(0.01, ge=0, le=1)
-    out_of_order_rate: float = Field(0.05, ge=0, le=1)
-    late_rate: float = Field(0.01, ge=0, le=1)
+    duplicate_rate: float = Field(default=0.01, ge=0, le=1)
+    out_of_order_rate: float = Field(default=0.05, ge=0, le=1)
+    late_rate: float = Field(default=0.01, ge=0, le=1)
 
     @field_validator("start")
     @classmethod

@@ -83,7 +83,8 @@ class Sum(Aggregator):
         return 0
 
     def update(self, state: float, value: Any, order_key: OrderKey) -> float:
-        return state + value
+        out: float = state + value
+        return out
 
     def merge(self, a: float, b: float) -> float:
         return a + b

@@ -9,11 +9,12 @@ name: ``user_total_spend_30d``, ``session_engagement_score_5m``,
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from features.aggregations import Count, CountDistinct, Last, Max, Mean, Min, Sum, TopK
 from features.events import EventType as E
 from features.expr import (
+    Expr,
     clip,
     coalesce,
     col,
@@ -59,13 +60,12 @@ COMMERCE = {"domain": "commerce"}
 ACCOUNT = {"domain": "account"}
 ENGAGE = {"domain": "engagement"}
 
-_ZERO_I: Final = {"default": 0, "min_value": 0}
-_ZERO_F: Final = {"default": 0.0, "min_value": 0.0}
 
 
-def _count(name: str, types: set[E], window: Window, description: str, **kw: Any) -> Aggregation:
+def _count(name: str, types: set[E], window: Window, description: str, *, tags: dict[str, str] | None = None,
+           where: Expr | None = None) -> Aggregation:
     return Aggregation(name=name, op=Count(), window=window, event_types=frozenset(types), dtype="int64",
-                       description=description, **(_ZERO_I | kw))
+                       description=description, default=0, min_value=0, tags=tags or {}, where=where)
 
 
 # --------------------------------------------------------------------------------------- user commerce
@@ -78,32 +78,33 @@ USER_COMMERCE: Final = FeatureView(
     aggregations=(
         Aggregation(name="user_total_spend_30d", op=Sum(), input=col("amount"), event_types=frozenset({E.PURCHASE}),
                     window=W30D, dtype="float64", description="Total order value in the last 30 days", tags=COMMERCE,
-                    **_ZERO_F),
+                    default=0.0, min_value=0.0),
         _count("user_purchases_30d", {E.PURCHASE}, W30D, "Orders in the last 30 days", tags=COMMERCE),
         Aggregation(name="user_avg_order_value_30d", op=Mean(), input=col("amount"),
                     event_types=frozenset({E.PURCHASE}), window=W30D, dtype="float64",
-                    description="Mean order value in the last 30 days (0 without orders)", **_ZERO_F),
+                    description="Mean order value in the last 30 days (0 without orders)", default=0.0, min_value=0.0),
         Aggregation(name="user_max_order_value_30d", op=Max(), input=col("amount"),
                     event_types=frozenset({E.PURCHASE}), window=W30D, dtype="float64",
-                    description="Largest order in the last 30 days (0 without orders)", **_ZERO_F),
+                    description="Largest order in the last 30 days (0 without orders)", default=0.0, min_value=0.0),
         _count("user_cart_adds_30d", {E.ADD_TO_CART}, W30D, "Add-to-cart events in the last 30 days"),
         _count("user_product_views_1h", {E.PRODUCT_VIEW}, W1H, "Product views in the last hour"),
         _count("user_product_views_24h", {E.PRODUCT_VIEW}, W24H, "Product views in the last 24 hours"),
         Aggregation(name="user_distinct_products_viewed_24h", op=CountDistinct(), input=col("product_id"),
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="int64",
-                    description="Distinct products viewed in the last 24 hours", **_ZERO_I),
+                    description="Distinct products viewed in the last 24 hours", default=0, min_value=0),
         Aggregation(name="user_min_viewed_price_24h", op=Min(), input=col("price"),
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="float64",
-                    description="Cheapest product price viewed in 24 hours (0 without views)", **_ZERO_F),
+                    description="Cheapest product price viewed in 24 hours (0 without views)",
+                    default=0.0, min_value=0.0),
         Aggregation(name="user_cart_qty_added_24h", op=Sum(), input=col("quantity"),
                     event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="int64",
-                    description="Units added to cart in the last 24 hours", **_ZERO_I),
+                    description="Units added to cart in the last 24 hours", default=0, min_value=0),
         Aggregation(name="user_cart_qty_removed_24h", op=Sum(), input=col("quantity"),
                     event_types=frozenset({E.REMOVE_FROM_CART}), window=W24H, dtype="int64",
-                    description="Units removed from cart in the last 24 hours", **_ZERO_I),
+                    description="Units removed from cart in the last 24 hours", default=0, min_value=0),
         Aggregation(name="user_qty_purchased_24h", op=Sum(), input=col("quantity"),
                     event_types=frozenset({E.PURCHASE}), window=W24H, dtype="int64",
-                    description="Units bought in the last 24 hours", **_ZERO_I),
+                    description="Units bought in the last 24 hours", default=0, min_value=0),
         _count("user_checkouts_24h", {E.CHECKOUT_START}, W24H, "Checkouts started in the last 24 hours"),
         Aggregation(name="user_top3_categories_24h", op=TopK(k=3), input=col("category"),
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="array<string>", default=[],
@@ -116,7 +117,7 @@ USER_COMMERCE: Final = FeatureView(
                     description="Time of the latest purchase in 30 days (null if none)"),
     ),
     derived=(
-        Derived(name="user_items_in_cart_not_purchased_24h", dtype="int64", **_ZERO_I,
+        Derived(name="user_items_in_cart_not_purchased_24h", dtype="int64", default=0, min_value=0,
                 expr=greatest(col("user_cart_qty_added_24h") - col("user_cart_qty_removed_24h")
                               - col("user_qty_purchased_24h"), 0),
                 description="Units added to cart in 24 hours and neither removed nor bought"),
@@ -149,7 +150,7 @@ USER_ACCOUNT: Final = FeatureView(
                where=eq(col("success"), False)),
         _count("user_events_24h", set(E), W24H, "Events of any type in the last 24 hours"),
         Aggregation(name="user_distinct_devices_24h", op=CountDistinct(), input=col("device_id"), window=W24H,
-                    dtype="int64", description="Distinct devices used in the last 24 hours", **_ZERO_I),
+                    dtype="int64", description="Distinct devices used in the last 24 hours", default=0, min_value=0),
         Aggregation(name="user_onboarding_max_step_30d", op=Max(), input=col("step_index"),
                     event_types=frozenset({E.ONBOARDING_STEP}), where=eq(col("completed"), True), window=W30D,
                     dtype="int64", default=-1, min_value=-1,
@@ -186,26 +187,26 @@ SESSION_ACTIVITY: Final = FeatureView(
         _count("session_searches_5m", {E.SEARCH}, W5M, "Searches in the last 5 minutes"),
         Aggregation(name="session_dwell_seconds_5m", op=Sum(), input=col("dwell_seconds"),
                     event_types=frozenset({E.PAGE_VIEW}), window=W5M, dtype="float64",
-                    description="Seconds spent on pages viewed in the last 5 minutes", **_ZERO_F),
+                    description="Seconds spent on pages viewed in the last 5 minutes", default=0.0, min_value=0.0),
         Aggregation(name="session_max_scroll_pct_5m", op=Max(), input=col("scroll_pct"),
                     event_types=frozenset({E.SCROLL}), window=W5M, dtype="float64", max_value=100.0,
-                    description="Deepest scroll in the last 5 minutes, percent", **_ZERO_F),
+                    description="Deepest scroll in the last 5 minutes, percent", default=0.0, min_value=0.0),
         Aggregation(name="session_max_video_pct_5m", op=Max(), input=col("progress_pct"),
                     event_types=frozenset({E.VIDEO_PROGRESS}), window=W5M, dtype="float64", max_value=100.0,
-                    description="Furthest video progress in the last 5 minutes, percent", **_ZERO_F),
+                    description="Furthest video progress in the last 5 minutes, percent", default=0.0, min_value=0.0),
         _count("session_events_1h", set(E), W1H, "Events of any type in the last hour"),
         Aggregation(name="session_top3_categories_24h", op=TopK(k=3), input=col("category"),
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="array<string>", default=[],
                     description="The session's three most viewed categories, most viewed first"),
         Aggregation(name="session_cart_qty_added_24h", op=Sum(), input=col("quantity"),
                     event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="int64",
-                    description="Units the session added to cart", **_ZERO_I),
+                    description="Units the session added to cart", default=0, min_value=0),
         Aggregation(name="session_cart_qty_removed_24h", op=Sum(), input=col("quantity"),
                     event_types=frozenset({E.REMOVE_FROM_CART}), window=W24H, dtype="int64",
-                    description="Units the session removed from cart", **_ZERO_I),
+                    description="Units the session removed from cart", default=0, min_value=0),
         Aggregation(name="session_qty_purchased_24h", op=Sum(), input=col("quantity"),
                     event_types=frozenset({E.PURCHASE}), window=W24H, dtype="int64",
-                    description="Units the session bought", **_ZERO_I),
+                    description="Units the session bought", default=0, min_value=0),
         Aggregation(name="session_first_event_at_24h", op=Min(), input=col("event_time"), window=W24H,
                     dtype="timestamp", default=None, description="When the session started (null if unseen)"),
         Aggregation(name="session_last_event_at_24h", op=Last(), input=col("event_time"), window=W24H,
@@ -224,7 +225,7 @@ SESSION_ACTIVITY: Final = FeatureView(
                           + col("session_dwell_seconds_5m") / 30.0 + col("session_max_scroll_pct_5m") / 10.0
                           + col("session_max_video_pct_5m") / 10.0, 0.0, 100.0),
                 description="Weighted 5-minute activity: views, carts, searches, dwell, scroll and video, 0-100"),
-        Derived(name="session_items_in_cart_not_purchased_24h", dtype="int64", **_ZERO_I,
+        Derived(name="session_items_in_cart_not_purchased_24h", dtype="int64", default=0, min_value=0,
                 expr=greatest(col("session_cart_qty_added_24h") - col("session_cart_qty_removed_24h")
                               - col("session_qty_purchased_24h"), 0),
                 description="Units in the session's cart that were not bought"),

@@ -33,7 +33,7 @@ class Registry:
 
     def __post_init__(self) -> None:
         check_unique("entity", (e.name for e in self.entities))
-        check_unique("view", (v.name for v in (*self.views, *self.on_demand_views)))
+        check_unique("view", [v.name for v in self.views] + [o.name for o in self.on_demand_views])
         check_unique("service", (s.name for s in self.services))
         check_unique("feature", (f.name for f in self.all_features))
         for v in self.views:

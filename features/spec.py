@@ -194,6 +194,15 @@ class FeatureView:
                 out |= a.where.columns()
         return frozenset(out)
 
+    def tags_of(self, feature: Feature) -> dict[str, str]:
+        """Tags of one feature: the view's, the feature's own, and its window and aggregation."""
+        out = {"view": self.name, "entity": self.entity.name, **self.tags, **feature.tags}
+        if isinstance(feature, Aggregation):
+            out |= {"window": feature.window.name, "aggregation": feature.op.kind}
+        else:
+            out["derived"] = "true"
+        return out
+
     def finalize_row(self, aggregated: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults and dtypes for the aggregations, then the derived features, in spec order."""
         row = {a.name: a.cast(aggregated.get(a.name)) for a in self.aggregations}
@@ -232,6 +241,9 @@ class OnDemandView:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    def tags_of(self, feature: Feature) -> dict[str, str]:
+        return {"view": self.name, "on_demand": "true", **feature.tags}
 
     def compute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return {f.name: f.cast(f.expr.evaluate(inputs)) for f in self.features}

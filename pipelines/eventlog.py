@@ -20,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from features.events import ALL_FIELDS, FieldError, validate_event
 
@@ -133,7 +132,8 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[str]:
 
 
 def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
-    return conform(table).to_pylist()
+    records: list[dict[str, Any]] = conform(table).to_pylist()
+    return records
 
 
 @dataclass

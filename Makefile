@@ -1,0 +1,51 @@
+# Kairos: every README command is a target here. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+RUN := $(UV) run --frozen
+export PYTHONHASHSEED ?= 0
+
+.PHONY: help install lint typecheck test unit demo bench feast-apply simulate import-example clean
+
+help: ## List the commands
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+.venv/.kairos-synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q "uv==0.13.8"
+	$(UV) sync --frozen
+	@touch $@
+
+install: .venv/.kairos-synced ## Install the locked environment (uv, Python 3.11)
+
+lint: install ## ruff and mypy on the core packages
+	$(RUN) ruff check .
+	$(RUN) mypy
+
+test: install lint ## The whole suite: lint, types, unit, data, parity, model, dags and integration tests
+	$(RUN) pytest -q
+
+unit: install ## Fast unit tests only
+	$(RUN) pytest -q tests/unit
+
+demo: install ## The main job end to end on the embedded defaults (SQLite, local parquet)
+	$(RUN) python -m pipelines.demo
+
+bench: install ## Benchmarks; JSON results land in bench/results/
+	$(RUN) python -m bench.bench_simulator --events 10000000
+
+feast-apply: install ## Generate the Feast repo from the specs and run `feast apply`
+	$(RUN) python -m pipelines.feast_repo apply
+
+simulate: install ## Simulate an event log into var/data/events (USERS=2000 DAYS=14)
+	$(RUN) python -m pipelines.simulator --users $${USERS:-2000} --days $${DAYS:-14} --out var/data
+
+import-example: install ## Import the sample retailer export into var/data/imported
+	$(RUN) python -m pipelines.importer --config conf/importers/retail_transactions.yaml \
+		--input tests/golden/retail_transactions.csv --out var/data/imported
+
+clean: ## Remove generated data (var/) and caches
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
