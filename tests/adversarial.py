@@ -18,7 +18,7 @@ def adversarial_log(seed: int, *, users: int = 3, events: int = 400, span: timed
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     types = list(EventType)
-    for i in range(events):
+    for _i in range(events):
         et = START + timedelta(seconds=rng.uniform(0, span.total_seconds()))
         et = et.replace(microsecond=0) if rng.random() < 0.5 else et  # many exact-second ties
         r = rng.random()

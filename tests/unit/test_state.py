@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import timedelta
 from typing import Any
@@ -70,6 +71,6 @@ def test_adversarial_log_really_is_adversarial() -> None:
     assert set(ref.drops) == {"late", "duplicate", "no_consent"}
     assert all(n > 0 for n in ref.drops.values())
     events = ref.events
-    out_of_order = sum(1 for a, b in zip(events, events[1:], strict=False) if b["event_time"] < a["event_time"])
+    out_of_order = sum(1 for a, b in itertools.pairwise(events) if b["event_time"] < a["event_time"])
     assert out_of_order > 20
     assert len({e["event_time"].date() for e in events}) == 2  # 31 Oct and 1 Nov
