@@ -68,6 +68,26 @@ def _count(name: str, types: set[E], window: Window, description: str, *, tags: 
                        description=description, default=0, min_value=0, tags=tags or {}, where=where)
 
 
+def _cart_flow(entity: str) -> tuple[Aggregation, ...]:
+    """Units added to, removed from and bought out of the cart in 24 hours, per ``entity``."""
+    flows = ((f"{entity}_cart_qty_added_24h", E.ADD_TO_CART, "added to cart"),
+             (f"{entity}_cart_qty_removed_24h", E.REMOVE_FROM_CART, "removed from cart"),
+             (f"{entity}_qty_purchased_24h", E.PURCHASE, "bought"))
+    return tuple(
+        Aggregation(name=name, op=Sum(), input=col("quantity"), event_types=frozenset({etype}), window=W24H,
+                    dtype="int64", default=0, min_value=0, description=f"Units {what} in the last 24 hours ({entity})")
+        for name, etype, what in flows
+    )
+
+
+def _items_in_cart(entity: str) -> Derived:
+    """Units still in the cart: added - removed - bought over 24 hours, never below 0."""
+    return Derived(name=f"{entity}_items_in_cart_not_purchased_24h", dtype="int64", default=0, min_value=0,
+                   expr=greatest(col(f"{entity}_cart_qty_added_24h") - col(f"{entity}_cart_qty_removed_24h")
+                                 - col(f"{entity}_qty_purchased_24h"), 0),
+                   description=f"Units the {entity} added to cart in 24 hours and neither removed nor bought")
+
+
 # --------------------------------------------------------------------------------------- user commerce
 USER_COMMERCE: Final = FeatureView(
     name="user_commerce",
@@ -96,15 +116,7 @@ USER_COMMERCE: Final = FeatureView(
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="float64",
                     description="Cheapest product price viewed in 24 hours (0 without views)",
                     default=0.0, min_value=0.0),
-        Aggregation(name="user_cart_qty_added_24h", op=Sum(), input=col("quantity"),
-                    event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="int64",
-                    description="Units added to cart in the last 24 hours", default=0, min_value=0),
-        Aggregation(name="user_cart_qty_removed_24h", op=Sum(), input=col("quantity"),
-                    event_types=frozenset({E.REMOVE_FROM_CART}), window=W24H, dtype="int64",
-                    description="Units removed from cart in the last 24 hours", default=0, min_value=0),
-        Aggregation(name="user_qty_purchased_24h", op=Sum(), input=col("quantity"),
-                    event_types=frozenset({E.PURCHASE}), window=W24H, dtype="int64",
-                    description="Units bought in the last 24 hours", default=0, min_value=0),
+        *_cart_flow("user"),
         _count("user_checkouts_24h", {E.CHECKOUT_START}, W24H, "Checkouts started in the last 24 hours"),
         Aggregation(name="user_top3_categories_24h", op=TopK(k=3), input=col("category"),
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="array<string>", default=[],
@@ -117,10 +129,7 @@ USER_COMMERCE: Final = FeatureView(
                     description="Time of the latest purchase in 30 days (null if none)"),
     ),
     derived=(
-        Derived(name="user_items_in_cart_not_purchased_24h", dtype="int64", default=0, min_value=0,
-                expr=greatest(col("user_cart_qty_added_24h") - col("user_cart_qty_removed_24h")
-                              - col("user_qty_purchased_24h"), 0),
-                description="Units added to cart in 24 hours and neither removed nor bought"),
+        _items_in_cart("user"),
         Derived(name="user_cart_conversion_30d", dtype="float64", min_value=0.0, default=0.0,
                 expr=coalesce(col("user_purchases_30d") / col("user_cart_adds_30d"), 0.0),
                 description="Orders per add-to-cart in 30 days (0 without adds)"),
@@ -198,15 +207,7 @@ SESSION_ACTIVITY: Final = FeatureView(
         Aggregation(name="session_top3_categories_24h", op=TopK(k=3), input=col("category"),
                     event_types=frozenset({E.PRODUCT_VIEW}), window=W24H, dtype="array<string>", default=[],
                     description="The session's three most viewed categories, most viewed first"),
-        Aggregation(name="session_cart_qty_added_24h", op=Sum(), input=col("quantity"),
-                    event_types=frozenset({E.ADD_TO_CART}), window=W24H, dtype="int64",
-                    description="Units the session added to cart", default=0, min_value=0),
-        Aggregation(name="session_cart_qty_removed_24h", op=Sum(), input=col("quantity"),
-                    event_types=frozenset({E.REMOVE_FROM_CART}), window=W24H, dtype="int64",
-                    description="Units the session removed from cart", default=0, min_value=0),
-        Aggregation(name="session_qty_purchased_24h", op=Sum(), input=col("quantity"),
-                    event_types=frozenset({E.PURCHASE}), window=W24H, dtype="int64",
-                    description="Units the session bought", default=0, min_value=0),
+        *_cart_flow("session"),
         Aggregation(name="session_first_event_at_24h", op=Min(), input=col("event_time"), window=W24H,
                     dtype="timestamp", default=None, description="When the session started (null if unseen)"),
         Aggregation(name="session_last_event_at_24h", op=Last(), input=col("event_time"), window=W24H,
@@ -225,10 +226,7 @@ SESSION_ACTIVITY: Final = FeatureView(
                           + col("session_dwell_seconds_5m") / 30.0 + col("session_max_scroll_pct_5m") / 10.0
                           + col("session_max_video_pct_5m") / 10.0, 0.0, 100.0),
                 description="Weighted 5-minute activity: views, carts, searches, dwell, scroll and video, 0-100"),
-        Derived(name="session_items_in_cart_not_purchased_24h", dtype="int64", default=0, min_value=0,
-                expr=greatest(col("session_cart_qty_added_24h") - col("session_cart_qty_removed_24h")
-                              - col("session_qty_purchased_24h"), 0),
-                description="Units in the session's cart that were not bought"),
+        _items_in_cart("session"),
     ),
 )
 
