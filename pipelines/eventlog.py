@@ -62,8 +62,13 @@ def conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=EVENT_SCHEMA)
 
 
-def write_parquet(table: pa.Table, root: str | os.PathLike[str], *, existing: str = "overwrite_or_ignore") -> None:
-    """Write events day-partitioned under ``root`` (``event_date=YYYY-MM-DD/part-*.parquet``)."""
+def write_parquet(table: pa.Table, root: str | os.PathLike[str], *, existing: str = "overwrite_or_ignore",
+                  part: str | None = None) -> None:
+    """Write events day-partitioned under ``root`` (``event_date=YYYY-MM-DD/part-*.parquet``).
+
+    ``part`` names the files of this write (default: a timestamp); writers running in
+    parallel must pass distinct names.
+    """
     table = conform(table)
     day = pc.strftime(table.column("event_time"), format="%Y-%m-%d")
     table = table.append_column(PARTITION_COLUMN, day)
@@ -73,7 +78,7 @@ def write_parquet(table: pa.Table, root: str | os.PathLike[str], *, existing: st
         format="parquet",
         partitioning=ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive"),
         existing_data_behavior=existing,
-        basename_template=f"part-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}-{{i}}.parquet",
+        basename_template=f"part-{part or datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}-{{i}}.parquet",
         file_options=ds.ParquetFileFormat().make_write_options(coerce_timestamps="us", compression="zstd"),
     )
 
