@@ -17,7 +17,7 @@ from bench.common import PeakRss, write_result
 from pipelines.eventlog import read_parquet, write_parquet
 from pipelines.simulator import SimulationConfig, simulate_to_dir
 
-EVENTS_PER_USER_DAY = 8.9  # measured mean of the default simulator settings (users x days -> events)
+EVENTS_PER_USER_DAY = 8.74  # measured mean of the default simulator settings (users x days -> events)
 
 
 def main(argv: list[str] | None = None) -> None:
