@@ -40,11 +40,8 @@ PARTITION_COLUMN = "event_date"
 
 def records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Normalised records (see :func:`features.events.validate_event`) to an Arrow table."""
-    cols: dict[str, list[Any]] = {f.name: [] for f in ALL_FIELDS}
-    for r in records:
-        for name, values in cols.items():
-            values.append(r.get(name))
-    return pa.table({name: pa.array(values, type=EVENT_SCHEMA.field(name).type) for name, values in cols.items()},
+    rows = records if isinstance(records, list) else list(records)
+    return pa.table({f.name: pa.array([r.get(f.name) for r in rows], type=f.type) for f in EVENT_SCHEMA},
                     schema=EVENT_SCHEMA)
 
 
