@@ -123,6 +123,9 @@ class Feature:
             return float(value)
         if self.dtype == "array<string>":
             return [str(v) for v in value]
+        if self.dtype == "timestamp":
+            # Feast stores timestamps as whole Unix seconds; the spec says so, for every engine.
+            return value.replace(microsecond=0)
         return value
 
 
@@ -246,7 +249,16 @@ class OnDemandView:
         return {"view": self.name, "on_demand": "true", **feature.tags}
 
     def compute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return {f.name: f.cast(f.expr.evaluate(inputs)) for f in self.features}
+        """The on-demand features from view features and request fields.
+
+        Timestamp request fields are read at whole-second precision, as Feast
+        transmits them, so every caller computes the same value.
+        """
+        row = dict(inputs)
+        for r in self.request_fields:
+            if r.dtype == "timestamp" and row.get(r.name) is not None:
+                row[r.name] = row[r.name].replace(microsecond=0)
+        return {f.name: f.cast(f.expr.evaluate(row)) for f in self.features}
 
 
 @dataclass(frozen=True, kw_only=True)

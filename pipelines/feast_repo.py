@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,9 @@ def feature_store(settings: Settings) -> FeatureStore:
 def apply(settings: Settings) -> FeatureStore:
     """Write the repo and register every generated object."""
     store = feature_store(settings)
-    store.apply(feast_objects(settings))
+    with warnings.catch_warnings():  # on-demand views are used on purpose, for request-time features
+        warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+        store.apply(feast_objects(settings))
     return store
 
 
