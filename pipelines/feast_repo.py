@@ -225,10 +225,12 @@ def write_repo(settings: Settings) -> Path:
 
 
 def ensure_offline_table(settings: Settings, view: spec.FeatureView) -> Path:
+    """An empty table (in a partition of its own, so engines' partition overwrites never meet it)."""
     path = offline_table_path(settings, view)
     if not path.exists() or not any(path.rglob("*.parquet")):
-        path.mkdir(parents=True, exist_ok=True)
-        pq.write_table(offline_schema(view).empty_table(), path / "empty.parquet", coerce_timestamps="us")
+        empty = path / "event_date=1970-01-01"
+        empty.mkdir(parents=True, exist_ok=True)
+        pq.write_table(offline_schema(view).empty_table(), empty / "empty.parquet", coerce_timestamps="us")
     return path
 
 
