@@ -13,8 +13,10 @@ Contract (checked by the unit tests with property-style cases):
 * ``finalize`` never mutates the state and returns ``None`` for "no value", which
   the feature's cold-start default then replaces.
 
-For speed in the stream engine ``update`` and ``merge`` may mutate and return
-their first argument; callers that need the old state keep a :meth:`copy`.
+For speed ``update`` and ``merge`` may mutate and return their *first* argument;
+they never mutate the second, so merging tile partials into a fresh ``init()``
+leaves the partials intact. Callers that need an old first argument keep a
+:meth:`copy`.
 """
 
 from __future__ import annotations

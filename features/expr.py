@@ -14,8 +14,9 @@ nulls; division by zero gives null (never an exception, never ``inf``).
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -33,6 +34,19 @@ class Expr(ABC):
     @abstractmethod
     def columns(self) -> frozenset[str]:
         """Names of the inputs this expression reads."""
+
+    @abstractmethod
+    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
+        """A closure computing the same value as :meth:`evaluate`, without walking the tree."""
+
+    @property
+    def fn(self) -> Callable[[Mapping[str, Any]], Any]:
+        """The compiled expression (built once, then cached on the node); engines call this per row."""
+        compiled = self.__dict__.get("_fn")
+        if compiled is None:
+            compiled = self._compile()
+            object.__setattr__(self, "_fn", compiled)
+        return compiled
 
     # operators ---------------------------------------------------------------------------
     def __add__(self, other: Expr | Number) -> Expr:
@@ -60,6 +74,18 @@ class Expr(ABC):
         return BinOp(op="/", left=_wrap(other), right=self)
 
 
+def _div(a: Any, b: Any) -> Any:
+    return None if b == 0 else a / b
+
+
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": _div,
+}
+
+
 def _wrap(v: Expr | Number) -> Expr:
     return v if isinstance(v, Expr) else Lit(value=float(v) if isinstance(v, float) else v)
 
@@ -77,6 +103,15 @@ class Col(Expr):
     def columns(self) -> frozenset[str]:
         return frozenset({self.name})
 
+    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
+        name = self.name
+
+        def get(row: Mapping[str, Any]) -> Any:
+            v = row.get(name)
+            return None if v != v else v  # NaN is the only value unequal to itself
+
+        return get
+
 
 @dataclass(frozen=True, kw_only=True)
 class Lit(Expr):
@@ -87,6 +122,10 @@ class Lit(Expr):
 
     def columns(self) -> frozenset[str]:
         return frozenset()
+
+    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
+        value = self.value
+        return lambda row: value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +152,17 @@ class BinOp(Expr):
     def columns(self) -> frozenset[str]:
         return self.left.columns() | self.right.columns()
 
+    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
+        left, right, op = self.left.fn, self.right.fn, _BINOPS[self.op]
+
+        def binop(row: Mapping[str, Any]) -> Any:
+            a, b = left(row), right(row)
+            if a is None or b is None:
+                return None
+            return op(a, b)
+
+        return binop
+
 
 @dataclass(frozen=True, kw_only=True)
 class Func(Expr):
@@ -130,6 +180,16 @@ class Func(Expr):
         for a in self.args:
             out |= a.columns()
         return out
+
+    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
+        fn, args = FUNCTIONS[self.name], tuple(a.fn for a in self.args)
+        if len(args) == 1:
+            (only,) = args
+            return lambda row: fn(only(row))
+        if len(args) == 2:
+            first, second = args
+            return lambda row: fn(first(row), second(row))
+        return lambda row: fn(*(a(row) for a in args))
 
 
 def _coalesce(*vs: Any) -> Any:

@@ -142,11 +142,11 @@ class Aggregation(Feature):
     def accepts(self, event: Mapping[str, Any]) -> bool:
         if event["event_type"] not in self.event_types:
             return False
-        return self.where is None or bool(self.where.evaluate(event))
+        return self.where is None or bool(self.where.fn(event))
 
     def value_of(self, event: Mapping[str, Any]) -> Any:
         """The input value of an accepted event, or ``None`` (nulls are not aggregated)."""
-        return self.input.evaluate(event)
+        return self.input.fn(event)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +210,7 @@ class FeatureView:
         """Defaults and dtypes for the aggregations, then the derived features, in spec order."""
         row = {a.name: a.cast(aggregated.get(a.name)) for a in self.aggregations}
         for d in self.derived:
-            row[d.name] = d.cast(d.expr.evaluate(row))
+            row[d.name] = d.cast(d.expr.fn(row))
         return row
 
 
@@ -258,7 +258,7 @@ class OnDemandView:
         for r in self.request_fields:
             if r.dtype == "timestamp" and row.get(r.name) is not None:
                 row[r.name] = row[r.name].replace(microsecond=0)
-        return {f.name: f.cast(f.expr.evaluate(row)) for f in self.features}
+        return {f.name: f.cast(f.expr.fn(row)) for f in self.features}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,22 @@ from typing import Any
 from features.semantics import event_order_key, tile_expiry, tile_start
 from features.spec import FeatureView
 
+_DISPATCH: dict[int, tuple[FeatureView, dict[str, tuple[int, ...]]]] = {}
+
+
+def _dispatch(view: FeatureView) -> dict[str, tuple[int, ...]]:
+    """event type -> indices of the view's aggregations that filter on it (computed once per view)."""
+    hit = _DISPATCH.get(id(view))
+    if hit is not None and hit[0] is view:
+        return hit[1]
+    by_type: dict[str, list[int]] = {}
+    for i, agg in enumerate(view.aggregations):
+        for et in agg.event_types:
+            by_type.setdefault(str(et), []).append(i)
+    table = {k: tuple(v) for k, v in by_type.items()}
+    _DISPATCH[id(view)] = (view, table)  # holding the view keeps its id from being reused
+    return table
+
 
 class ViewState:
     """The live tiles of every aggregation of ``view`` for one key."""
@@ -36,14 +52,20 @@ class ViewState:
         """Fold one admitted event that has arrived; True if any aggregation accepted it."""
         accepted = False
         now = event["ingest_time"]
-        for i, agg in enumerate(self.view.aggregations):
-            if not agg.accepts(event):
+        event_time = event["event_time"]
+        tiles_by_hop: dict[Any, datetime] = {}
+        for i in _dispatch(self.view).get(event["event_type"], ()):
+            agg = self.view.aggregations[i]
+            if agg.where is not None and not agg.where.fn(event):
                 continue
             value = agg.value_of(event)
             if value is None:
                 continue
             accepted = True
-            tile = tile_start(event["event_time"], agg.window)
+            hop = agg.window.hop
+            tile = tiles_by_hop.get(hop)
+            if tile is None:
+                tile = tiles_by_hop[hop] = tile_start(event_time, agg.window)
             expiry = tile_expiry(tile, agg.window)
             if expiry <= now:  # arrived after its tile left the window: never counts
                 continue
@@ -76,7 +98,7 @@ class ViewState:
             op = self.view.aggregations[i].op
             merged = op.init()
             for partial in self.tiles[i].values():
-                merged = op.merge(merged, op.copy(partial))
+                merged = op.merge(merged, partial)  # merge mutates only its first argument
             self._cache[i] = op.finalize(merged)
         self._dirty.clear()
         return self._cache

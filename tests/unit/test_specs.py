@@ -85,3 +85,21 @@ def test_features_package_imports_no_engine() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compiled_expressions_equal_the_tree_walk() -> None:
+    import random
+
+    from tests.builders import T0
+
+    rng = random.Random(3)
+    for v in REGISTRY.views:
+        for d in v.derived:
+            for _ in range(50):
+                row = {n: rng.choice([None, 0, 1, 2.5, 100.0, -3.0]) for n in d.expr.columns()}
+                assert d.expr.fn(row) == d.expr.evaluate(row), d.name
+    for o in REGISTRY.on_demand_views:
+        for f in o.features:
+            row = {n: rng.choice([None, T0]) if "at_" in n or n == "request_time" else rng.choice([None, 0, 3])
+                   for n in f.expr.columns()}
+            assert f.expr.fn(row) == f.expr.evaluate(row), f.name
