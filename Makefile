@@ -9,7 +9,7 @@ endif
 RUN := $(UV) run --frozen
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install lint typecheck test unit demo bench feast-apply simulate import-example clean
+.PHONY: help install lint typecheck test unit parity demo bench bench-sim bench-spark feast-apply backfill simulate import-example clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,14 +31,28 @@ test: install lint ## The whole suite: lint, types, unit, data, parity, model, d
 unit: install ## Fast unit tests only
 	$(RUN) pytest -q tests/unit
 
+parity: install ## Engine parity against the reference (Spark now; Bytewax as it lands)
+	$(RUN) pytest -q tests/parity
+
 demo: install ## The main job end to end on the embedded defaults (SQLite, local parquet)
 	$(RUN) python -m pipelines.demo
 
-bench: install ## Benchmarks; JSON results land in bench/results/
-	$(RUN) python -m bench.bench_simulator --events 10000000
+BENCH_EVENTS ?= 10000000
+BENCH_ROWS ?= 1000000
+
+bench: bench-sim bench-spark ## All benchmarks (BENCH_EVENTS, BENCH_ROWS); JSON results land in bench/results/
+
+bench-sim: install ## Simulator throughput at BENCH_EVENTS events, against a parquet-write floor
+	$(RUN) python -m bench.bench_simulator --events $(BENCH_EVENTS)
+
+bench-spark: install ## Spark build of BENCH_EVENTS events and a BENCH_ROWS training set, against Feast's offline store
+	$(RUN) python -m bench.bench_spark --events $(BENCH_EVENTS) --rows $(BENCH_ROWS)
 
 feast-apply: install ## Generate the Feast repo from the specs and run `feast apply`
 	$(RUN) python -m pipelines.feast_repo apply
+
+backfill: install ## Spark: build every offline table from var/data/events (START=YYYY-MM-DD END=YYYY-MM-DD optional)
+	$(RUN) python -m pipelines.spark_builder backfill $${START:+--start $$START} $${END:+--end $$END}
 
 simulate: install ## Simulate an event log into var/data/events (USERS=2000 DAYS=14)
 	$(RUN) python -m pipelines.simulator --users $${USERS:-2000} --days $${DAYS:-14} --out var/data

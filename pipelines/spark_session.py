@@ -3,14 +3,32 @@
 Running on a Spark cluster
 --------------------------
 Nothing in Kairos assumes local mode: the master URL, resources and any extra
-Spark configuration come from the ``spark`` section of the settings::
+Spark configuration come from the ``spark`` section of the settings
+(``conf/kairos.yaml``, a YAML file named by ``KAIROS_CONFIG``, or environment
+variables ``KAIROS__SPARK__<KEY>``):
 
-    KAIROS__SPARK__MASTER=spark://spark-master:7077 \\
-    KAIROS__SPARK__DRIVER_MEMORY=8g \\
-    KAIROS__SPARK__SHUFFLE_PARTITIONS=200 \\
+=====================  =======================================  ======================
+setting                Spark property                           default
+=====================  =======================================  ======================
+``master``             ``spark.master``                         ``local[2]``
+``app_name``           ``spark.app.name``                       ``kairos``
+``shuffle_partitions`` ``spark.sql.shuffle.partitions`` (and     ``4``
+                       ``spark.default.parallelism``)
+``driver_memory``      ``spark.driver.memory``                  ``4g``
+``conf``               any other property, applied last         ``{}``
+=====================  =======================================  ======================
+
+For example::
+
+    KAIROS__SPARK__MASTER=spark://spark-master:7077 \
+    KAIROS__SPARK__DRIVER_MEMORY=8g \
+    KAIROS__SPARK__SHUFFLE_PARTITIONS=200 \
+    KAIROS__SPARK__CONF='{"spark.executor.memory": "16g", "spark.executor.cores": "4",
+                          "spark.submit.pyFiles": "dist/kairos-0.1.0-py3-none-any.whl"}' \
+    KAIROS__DATA_DIR=/mnt/kairos-lake/prod \
     python -m pipelines.spark_builder backfill --start 2026-10-01 --end 2026-11-01
 
-or, in a YAML file named by ``KAIROS_CONFIG``::
+or, in YAML::
 
     spark:
       master: spark://spark-master:7077      # or yarn, k8s://https://..., local[2]
@@ -21,10 +39,23 @@ or, in a YAML file named by ``KAIROS_CONFIG``::
         spark.executor.cores: "4"
         spark.submit.pyFiles: dist/kairos-0.1.0-py3-none-any.whl
 
-The executors run the shared Python aggregation code (``features/``), so they need
-the Kairos package: ship the wheel (``uv build``) with ``spark.submit.pyFiles`` or
-install it in the executors' image. Paths in ``data_dir`` must then be on storage
-every executor can read (for example ``s3a://`` or HDFS).
+Shipping the code: the executors run the shared Python aggregation code
+(``features/``: the state machine, monoids and expressions) inside
+``mapInArrow``, so they need the Kairos package and its dependencies (pandas,
+pyarrow). Build a wheel (``uv build``) and ship it with ``spark.submit.pyFiles``
+(pure-Python code only; the executors' Python must already have pandas and
+pyarrow), or install the wheel into the executors' image, which is the robust
+choice. ``PYSPARK_PYTHON`` defaults to this interpreter; set it in the
+environment (or ``spark.pyspark.python``) when executors' Python lives elsewhere.
+
+Always set here: session time zone UTC, parquet timestamps written as
+``TIMESTAMP_MICROS`` (Feast and Spark 4 read them back exactly), dynamic
+partition overwrite (interval reruns replace only their days) and Arrow for
+Python data exchange. ``data_dir`` must be on storage every executor can reach;
+settings hold it as a filesystem path, so today that is a shared mount (an
+object-store URI such as ``s3a://`` would need ``data_dir`` to become a URI).
+The engine deletes stale partitions through Hadoop's ``FileSystem`` API of the
+session's JVM, so it needs a classic session, not Spark Connect.
 """
 
 from __future__ import annotations

@@ -1,0 +1,970 @@
+"""The Bytewax engine: one dataflow keeps every feature view fresh in the online store.
+
+A thin adapter of the shared semantics, like the Spark engine: admission is
+:class:`features.semantics.EventRules`, aggregation is :class:`features.state.ViewState`
+(the same tiled state machine :func:`features.state.sweep` drives in batch), names
+and dtypes come from the specs. One dataflow serves every view::
+
+    source ─► validate ─► admit (keyed by user_id) ─► key_by_entity ─► aggregate ─► sinks
+                │ invalid     │ late / duplicate / no_consent   (one item per     (ViewState per
+                ▼             ▼                                  view: view|key)   view|key)
+           dead letters    drops log                                              changelog, Feast, memory
+
+* **Sources**: a JSON-lines replay (``settings.data_path/stream.jsonl`` by default, in
+  arrival order, as ``python -m pipelines.simulator --jsonl`` writes it) or a Kafka
+  topic (``bytewax.connectors.kafka``; ``settings.stream.brokers``/``topic``). Every
+  item carries its source position (``file:line`` or ``topic:partition:offset``), which
+  names dead letters and drops.
+* **Admission** is keyed by ``user_id`` (copies of an event share it): consent, then
+  lateness, then the first arrival of an ``event_id``. A user's remembered ids are
+  forgotten once their ``event_time + allowed_lateness`` has passed (a later copy is late
+  anyway), and a user with none left is discarded, so the state stays bounded.
+* **Aggregation** keeps one :class:`ViewState` per ``view|join key``. For each batch of
+  a key's events it emits exactly the rows :func:`features.state.sweep` emits: one row per
+  distinct arrival time of an accepted event (stamped with that ``ingest_time``) and one
+  row per tile expiry (stamped with the expiry).
+
+Timers: data time, not wall time
+--------------------------------
+The "now" of a key is the arrival (``ingest_time``) of its events. Bytewax's
+``notify_at`` runs on the system clock, which a replay does not follow, so expiries are
+driven by data time first:
+
+1. on each item, every pending expiry *before* the item's ``ingest_time`` is run first,
+   emitting its row at the expiry time (this alone makes replays deterministic: rows and
+   their timestamps do not depend on the wall clock, the batch sizes or the workers);
+2. at EOF of a finite input, expiries up to ``until`` (inclusive; ``None``: until every
+   window is empty) are run, as ``sweep(..., until=...)`` does;
+3. live (``StreamClock.live``), ``notify_at`` also asks for a wake-up at
+   ``expiry + offset + grace`` of wall time, where ``wall = data + offset`` (``offset`` is
+   0 when ``ingest_time`` is stamped at arrival) and ``grace`` leaves room for events of
+   that key still in flight. The wake-up runs the expiries that are due by then, stamped
+   with their expiry times, so an expired window is written although no event came.
+
+A live wake-up can run ahead of an event that was in flight for longer than ``grace``:
+that event is then processed at the key's clock (it counts from there on) and counted
+in :data:`STATS` (``clock_regressions``). Likewise live admission forgets an id by the
+wall clock, ``grace`` after its lateness ran out. Replays never do either.
+
+Ordering: a key's events must reach its state in arrival order. The replay file is in
+arrival order; :func:`publish_to_kafka` keys messages by ``user_id`` so a user's events
+(and so a session's, which belongs to one user) stay in one partition, in order. Every
+event of a key then travels one path (source partition -> the user's admission worker
+-> the key's worker), and Bytewax keeps the order of items between two workers and
+processes epochs in order.
+
+Outputs
+-------
+* the **changelog** (JSON lines, ``settings.data_path/stream/changelog/part-*.jsonl``):
+  every emitted row with its view, key and ``event_timestamp``; the parity record;
+* the **drops log** (``.../stream/drops/``): one line per late, duplicate, non-consented
+  or invalid event, named by its source position; :func:`read_drops` counts them;
+* **dead letters** (``settings.dead_letter_path/bytewax-*.jsonl``): the payload and field
+  errors of each invalid event, through :class:`pipelines.eventlog.DeadLetterStore`;
+* the **Feast online store**, through ``pipelines.feast_repo.write_online``: one
+  background writer per view writes the newest row of each key that changed while its
+  previous write was in flight (Feast's SQLite store costs ~0.5 ms per row here, so
+  batches grow and coalesce under load instead of queueing);
+* an in-memory list for tests.
+
+The file sinks are Bytewax partitioned sinks that truncate to their snapshot on resume,
+so with recovery they hold every row exactly once. The online writers drain at every
+snapshot (the end of each epoch), so a snapshot never covers rows that were only
+buffered; rows replayed after a resume are upserts of values already written.
+
+Running it::
+
+    python -m bytewax.run pipelines.bytewax_builder:flow -w 2
+    python -m bytewax.recovery RECOVERY_DIR 1          # once, then run with recovery:
+    python -m bytewax.run "pipelines.bytewax_builder:build_flow(source='kafka')" -r RECOVERY_DIR -s 5 -b 0
+    python -m pipelines.bytewax_builder report     # rows per view and drops per reason, from the logs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import json
+import logging
+import pickle
+import sqlite3
+import threading
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+
+from conf.settings import Settings, load_settings
+from features.events import FieldError, parse_time, validate_event
+from features.registry import REGISTRY, Registry
+from features.semantics import Drop, EventRules
+from features.spec import FeatureView
+from features.state import ViewState
+from pipelines.builder import BuildReport, FeatureBuilder
+from pipelines.eventlog import DeadLetterStore, decode_json, encode_json
+
+if TYPE_CHECKING:
+    from bytewax.recovery import RecoveryConfig
+
+log = logging.getLogger(__name__)
+
+INVALID = "invalid"
+KEY_SEP = "|"
+EVENT_TIMESTAMP = "event_timestamp"
+DEFAULT_PARTS = 4
+
+Raw = tuple[str, Any]  # (source position, payload: JSON text/bytes or a mapping)
+Event = dict[str, Any]
+Positioned = tuple[str, Event]  # (source position, validated event)
+Invalid = tuple[str, Any, tuple[tuple[str, str], ...]]  # (source position, payload, (field, problem)...)
+
+STATS: Counter[str] = Counter()  # process-wide diagnostics (clock regressions of live timers)
+_SQLITE_WRITE_LOCK = threading.Lock()
+_LOCKED_RETRIES = 20
+
+
+class FeatureRow(NamedTuple):
+    """One emitted row: the values of ``view`` for ``key`` from ``event_timestamp`` on."""
+
+    view: str
+    key: str
+    event_timestamp: datetime
+    values: dict[str, Any]
+
+
+class DropRecord(NamedTuple):
+    """An event that does not count, named by its source position."""
+
+    reason: str
+    id: str
+    event_id: str | None
+    ingest_time: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamClock:
+    """How the stream's data time (``ingest_time``) drives timers; see the module docstring.
+
+    ``offset``: wall time = data time + offset for live wake-ups; ``None`` runs on data
+    time only (a replay). ``grace``: how long a live wake-up waits past an expiry for
+    events of that key still in flight. ``until``: at EOF, run expiries up to this time
+    (``None``: until every window is empty). ``flush_at_eof``: run them at all.
+    """
+
+    offset: timedelta | None = None
+    grace: timedelta = timedelta(seconds=2)
+    until: datetime | None = None
+    flush_at_eof: bool = True
+
+    @classmethod
+    def live(cls, offset: timedelta = timedelta(0), grace: timedelta = timedelta(seconds=2)) -> StreamClock:
+        return cls(offset=offset, grace=grace)
+
+    @property
+    def is_live(self) -> bool:
+        return self.offset is not None
+
+    def wall(self, data_time: datetime) -> datetime:
+        assert self.offset is not None
+        return data_time + self.offset + self.grace
+
+    def due(self) -> datetime:
+        """The latest data time whose expiries a live wake-up may run now."""
+        assert self.offset is not None
+        return datetime.now(UTC) - self.offset - self.grace
+
+
+@dataclass(kw_only=True)
+class StreamOutputs:
+    """Where the dataflow writes: file logs, Feast, memory. ``parts`` files per log."""
+
+    changelog_dir: Path | None
+    drops_dir: Path
+    dead_letter_dir: Path
+    online: bool = False
+    memory: list[FeatureRow] | None = None
+    parts: int = DEFAULT_PARTS
+    online_parts: int | None = None  # Feast writers; default one per view
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, online: bool = False, changelog: bool = True,
+                      memory: list[FeatureRow] | None = None) -> StreamOutputs:
+        root = settings.data_path / "stream"
+        return cls(changelog_dir=root / "changelog" if changelog else None, drops_dir=root / "drops",
+                   dead_letter_dir=settings.dead_letter_path, online=online, memory=memory)
+
+
+# ------------------------------------------------------------------------------------------- sources
+class _JsonlReplayPartition(StatefulSourcePartition[Raw, tuple[int, int]]):  # type: ignore[misc]
+    def __init__(self, path: Path, batch_size: int, rate: float | None, resume: tuple[int, int] | None) -> None:
+        offset, self._line = resume if resume is not None else (0, 0)
+        self._name = path.name
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._fh.seek(offset)
+        if resume is not None:
+            log.warning("replay of %s resumes at line %d (byte %d) from a recovery snapshot", path, self._line, offset)
+        self._batch = batch_size if rate is None else max(1, min(batch_size, round(rate / 100)))
+        self._pause = None if rate is None else timedelta(seconds=self._batch / rate)
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[Raw]:
+        out: list[Raw] = []
+        while len(out) < self._batch:
+            line = self._fh.readline()
+            if not line:
+                if not out:
+                    raise StopIteration
+                break
+            self._line += 1
+            if line.strip():
+                out.append((f"{self._name}:{self._line}", line))
+        if self._pause is not None:
+            self._awake = datetime.now(UTC) + self._pause
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> tuple[int, int]:
+        return (self._fh.tell(), self._line)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class JsonlReplaySource(FixedPartitionedSource[Raw, tuple[int, int]]):  # type: ignore[misc]
+    """Replay a JSON-lines event log (one partition, read in file order = arrival order).
+
+    Items are ``("<file>:<line>", line bytes)``. ``rate`` paces the replay (events per
+    second of wall time); resume state is the byte offset and line number.
+    """
+
+    def __init__(self, path: str | Path, *, batch_size: int = 1000, rate: float | None = None) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.rate = rate
+
+    def list_parts(self) -> list[str]:
+        return [self.path.name]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _JsonlReplayPartition:
+        return _JsonlReplayPartition(self.path, self.batch_size, self.rate, resume_state)
+
+
+def kafka_source(brokers: Sequence[str] | str, topic: str, *, tail: bool = True, batch_size: int = 1000,
+                 add_config: Mapping[str, str] | None = None) -> Source:
+    """A ``bytewax.connectors.kafka.KafkaSource`` (partitions assigned, no consumer group).
+
+    ``tail=False`` ends at the end of every partition (a bounded run). Fetches wait at
+    most 20 ms, for freshness.
+    """
+    from bytewax.connectors.kafka import KafkaSource
+
+    config = {"fetch.wait.max.ms": "20", "socket.nagle.disable": "true", **(add_config or {})}
+    return KafkaSource(_brokers(brokers), [topic], tail=tail, batch_size=batch_size, add_config=config)
+
+
+def _kafka_raw(msg: Any) -> Raw:
+    return (f"{msg.topic}:{msg.partition}:{msg.offset}", msg.value)
+
+
+def _brokers(brokers: Sequence[str] | str) -> list[str]:
+    return [b for b in brokers.split(",") if b] if isinstance(brokers, str) else list(brokers)
+
+
+def publish_to_kafka(events: Iterable[Mapping[str, Any] | str], brokers: Sequence[str] | str, topic: str, *,
+                     partitions: int = 1, create: bool = True, timeout: float = 30.0) -> int:
+    """Append events (records or JSON lines) to ``topic``, in the given order, keyed by ``user_id``.
+
+    Keying by user keeps each user's (and each session's) events in one partition, in
+    order: the order the stream needs. Creates the topic (``partitions``) if missing.
+    Returns how many were published; raises if any delivery failed.
+    """
+    from confluent_kafka import KafkaException, Producer
+
+    servers = ",".join(_brokers(brokers))
+    if create:
+        ensure_topic(servers, topic, partitions=partitions, timeout=timeout)
+    failures: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 5, "enable.idempotence": False,
+                         "acks": "all", "queue.buffering.max.messages": 200_000})
+    n = 0
+    for e in events:
+        if isinstance(e, str):
+            line, user = e.strip(), decode_json(e).get("user_id")
+        else:
+            line, user = encode_json(e), e.get("user_id")
+        while True:
+            try:
+                producer.produce(topic, value=line.encode(), key=None if user is None else str(user).encode(),
+                                 on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        n += 1
+    left = producer.flush(timeout)
+    if left or failures:
+        raise KafkaException(f"{left} events not delivered to {topic!r}; failures: {failures[:3]}")
+    return n
+
+
+def ensure_topic(brokers: str, topic: str, *, partitions: int = 1, timeout: float = 30.0) -> None:
+    """Create ``topic`` unless it exists."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    if topic in admin.list_topics(timeout=timeout).topics:
+        return
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    for f in futures.values():
+        try:
+            f.result(timeout)
+        except Exception as exc:  # a concurrent creator won the race
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+# ------------------------------------------------------------------------------------------- steps
+def _validate_one(item: Any) -> tuple[bool, Positioned | Invalid]:
+    """(True, (position, event)) or (False, (position, payload, errors)); items are Raw or Kafka messages."""
+    pos, payload = item if isinstance(item, tuple) else _kafka_raw(item)
+    if isinstance(payload, bytearray):
+        payload = bytes(payload)
+    try:
+        raw = decode_json(payload) if isinstance(payload, str | bytes) else dict(payload)
+    except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, not an object
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+        return False, (pos, text, (("payload", f"is not a JSON event object: {exc}"),))
+    record, errors = validate_event(raw)
+    if record is None:
+        return False, (pos, raw, tuple((e.field, e.problem) for e in errors))
+    return True, (pos, record)
+
+
+class _AdmitLogic(StatefulBatchLogic):  # type: ignore[misc]
+    """One user's admission: rules 2-4, with the ids it must remember for duplicates."""
+
+    def __init__(self, rules: EventRules, clock: StreamClock, resume: dict[str, datetime] | None) -> None:
+        self.rules = rules
+        self.clock = clock
+        self.seen: dict[str, datetime] = dict(resume or {})  # event_id -> event_time + allowed lateness
+        self.heap: list[tuple[datetime, str]] = [(t, i) for i, t in self.seen.items()]
+        heapq.heapify(self.heap)
+
+    def on_batch(self, items: list[Positioned]) -> tuple[list[tuple[bool, Any]], bool]:
+        out: list[tuple[bool, Any]] = []
+        for pos, e in items:
+            reason = self.rules.drop_reason(e)
+            eid = e["event_id"]
+            if reason is None and eid in self.seen:
+                reason = Drop.DUPLICATE
+            if reason is None:
+                forget_after = e["event_time"] + self.rules.allowed_lateness
+                self.seen[eid] = forget_after
+                heapq.heappush(self.heap, (forget_after, eid))
+                out.append((True, e))
+            else:
+                out.append((False, DropRecord(reason.value, pos, eid, e["ingest_time"])))
+            self._forget(e["ingest_time"])
+        return out, not self.seen
+
+    def _forget(self, now: datetime) -> None:
+        """Ids whose copies arriving from ``now`` on are late anyway."""
+        while self.heap and self.heap[0][0] < now:
+            _, eid = heapq.heappop(self.heap)
+            self.seen.pop(eid, None)
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        self._forget(self.clock.due())
+        return [], not self.seen
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        return [], not self.seen
+
+    def notify_at(self) -> datetime | None:
+        if not self.clock.is_live or not self.heap:
+            return None
+        return self.clock.wall(self.heap[0][0])
+
+    def snapshot(self) -> dict[str, datetime]:
+        return dict(self.seen)
+
+
+class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
+    """The ViewState of one ``view|key``, emitting sweep's rows; see the module docstring for timers."""
+
+    def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | None) -> None:
+        self.views = views
+        self.clock = clock
+        self.state: ViewState | None = None
+        self.view_name = ""
+        self.key = ""
+        self.now: datetime | None = None  # the key's data clock: latest time processed
+        if resume is not None:
+            self.view_name, self.key, self.now, tiles, expiries = pickle.loads(resume)
+            state = ViewState(views[self.view_name])
+            state.tiles = tiles
+            state._expiries = expiries  # a heap, restored as saved
+            state._dirty = set(range(len(tiles)))
+            self.state = state
+
+    def _row(self, ts: datetime) -> FeatureRow:
+        assert self.state is not None
+        return FeatureRow(self.view_name, self.key, ts, self.state.values())
+
+    def _expire(self, out: list[FeatureRow], limit: datetime | None, *, inclusive: bool) -> None:
+        """Run the expiries before ``limit`` (or up to it), one row per distinct expiry time."""
+        assert self.state is not None
+        nxt = self.state.next_expiry()
+        while nxt is not None and (limit is None or nxt < limit or (inclusive and nxt == limit)):
+            self.state.advance(nxt)
+            out.append(self._row(nxt))
+            self.now = nxt if self.now is None else max(self.now, nxt)
+            nxt = self.state.next_expiry()
+
+    def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[FeatureRow], bool]:
+        if self.state is None:
+            self.view_name, first = items[0]
+            view = self.views[self.view_name]
+            self.key = str(first[view.entity.join_key])
+            self.state = ViewState(view)
+        state = self.state
+        out: list[FeatureRow] = []
+        pending: datetime | None = None  # an arrival time whose row is not yet emitted (ties share one row)
+        for _, e in items:
+            now: datetime = e["ingest_time"]
+            if self.now is not None and now < self.now:  # a live wake-up ran ahead of this event
+                STATS["clock_regressions"] += 1
+                log.warning("%s|%s: event %s arrived at %s, behind the key's clock %s; counted from the clock",
+                            self.view_name, self.key, e["event_id"], now, self.now)
+                now = self.now
+                e = {**e, "ingest_time": now}
+            if pending is not None and now != pending:
+                out.append(self._row(pending))
+                pending = None
+            self._expire(out, now, inclusive=False)
+            dropped = state.advance(now)
+            if state.add(e) or dropped:
+                pending = now
+            self.now = now
+        if pending is not None:
+            out.append(self._row(pending))
+        return out, state.is_empty()
+
+    def on_notify(self) -> tuple[list[FeatureRow], bool]:
+        out: list[FeatureRow] = []
+        if self.state is not None and self.clock.is_live:
+            self._expire(out, self.clock.due(), inclusive=True)
+        return out, self.state is None or self.state.is_empty()
+
+    def on_eof(self) -> tuple[list[FeatureRow], bool]:
+        out: list[FeatureRow] = []
+        if self.state is not None and self.clock.flush_at_eof:
+            self._expire(out, self.clock.until, inclusive=True)
+        return out, self.state is None or self.state.is_empty()
+
+    def notify_at(self) -> datetime | None:
+        if self.state is None or not self.clock.is_live:
+            return None
+        nxt = self.state.next_expiry()
+        return None if nxt is None else self.clock.wall(nxt)
+
+    def snapshot(self) -> bytes:
+        state = self.state
+        assert state is not None
+        return pickle.dumps((self.view_name, self.key, self.now, state.tiles, state._expiries),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# ------------------------------------------------------------------------------------------- sinks
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):  # Kairos times are UTC already: "...+00:00"
+        return (value if value.utcoffset() == timedelta(0) else value.astimezone(UTC)).isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, separators=(",", ":"))
+
+
+def _part_of(key: str) -> int:
+    return zlib.adler32(key.encode())
+
+
+class _TruncatingFile(StatefulSinkPartition[str, int]):  # type: ignore[misc]
+    """A JSON-lines file truncated to its snapshot on resume: lines are written exactly once."""
+
+    def __init__(self, path: Path, resume_state: int | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a+b")  # noqa: SIM115 - closed in close()
+        self._fh.truncate(resume_state or 0)
+        self._fh.seek(0, 2)
+
+    def write_batch(self, values: list[str]) -> None:
+        self._fh.write("".join(v + "\n" for v in values).encode())
+        self._fh.flush()
+
+    def snapshot(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class JsonlLogSink(FixedPartitionedSink[str, int]):  # type: ignore[misc]
+    """``(key, line)`` items into ``parts`` files ``<dir>/part-<i>.jsonl`` by key (exactly once with recovery)."""
+
+    def __init__(self, directory: Path, parts: int = DEFAULT_PARTS) -> None:
+        self.directory = Path(directory)
+        self.parts = parts
+
+    def list_parts(self) -> list[str]:
+        return [f"part-{i}.jsonl" for i in range(self.parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        return _part_of(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TruncatingFile:
+        return _TruncatingFile(self.directory / for_part, resume_state)
+
+
+class _DeadLetterPartition(StatefulSinkPartition[Invalid, int]):  # type: ignore[misc]
+    def __init__(self, path: Path, resume_state: int | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fh.truncate(resume_state or 0)
+        self.store = DeadLetterStore(path=path, source="bytewax")
+
+    def write_batch(self, values: list[Invalid]) -> None:
+        for pos, payload, errors in values:
+            self.store.put(payload if isinstance(payload, str | dict) else repr(payload),
+                           [FieldError(field=f, problem=f"{p} (at {pos})") for f, p in errors])
+
+    def snapshot(self) -> int:
+        return self.store.path.stat().st_size if self.store.path.exists() else 0
+
+
+class DeadLetterSink(FixedPartitionedSink[Invalid, int]):  # type: ignore[misc]
+    """Invalid events into ``DeadLetterStore`` files ``<dir>/bytewax-<i>.jsonl`` (exactly once with recovery)."""
+
+    def __init__(self, directory: Path, parts: int = 1) -> None:
+        self.directory = Path(directory)
+        self.parts = parts
+
+    def list_parts(self) -> list[str]:
+        return [f"bytewax-{i}.jsonl" for i in range(self.parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        return _part_of(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DeadLetterPartition:
+        return _DeadLetterPartition(self.directory / for_part, resume_state)
+
+
+class _OnlinePartition(StatefulSinkPartition[FeatureRow, None]):  # type: ignore[misc]
+    """Writes to Feast on a background thread, newest row per key; flushed at every snapshot.
+
+    Feast's online write costs a fixed amount per row, so rows wait here while a write is
+    in flight and only each key's newest is written next: under load the batches grow and
+    coalesce more, and the writer keeps up. ``snapshot`` (the end of every epoch) waits
+    until everything received is written, so a recovery snapshot never covers rows that
+    were only buffered: after a crash they are emitted again.
+    """
+
+    def __init__(self, settings: Settings, views: Mapping[str, FeatureView]) -> None:
+        from feast import FeatureStore
+
+        from pipelines import feast_repo
+
+        self.views = views
+        self.write_online = feast_repo.write_online
+        self.store = FeatureStore(repo_path=str(settings.feature_repo_path))
+        # SQLite has one writer at a time: writers of this process take turns instead of timing out on its lock
+        self.lock = _SQLITE_WRITE_LOCK if settings.online_store.type == "sqlite" else contextlib.nullcontext()
+        self._pending: dict[tuple[str, str], FeatureRow] = {}
+        self._busy = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="kairos-online-writer", daemon=True)
+        self._thread.start()
+
+    def write_batch(self, values: list[FeatureRow]) -> None:
+        with self._cv:
+            self._raise()
+            for r in values:  # a key's rows come in time order; the store keeps one row per key
+                prev = self._pending.get((r.view, r.key))
+                if prev is None or r.event_timestamp >= prev.event_timestamp:
+                    self._pending[(r.view, r.key)] = r
+            self._cv.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("writing the Feast online store failed") from self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closing:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                batch, self._pending, self._busy = self._pending, {}, True
+            try:
+                self._write(batch.values())
+            except BaseException as exc:  # surfaced to the dataflow by the next write_batch/snapshot
+                log.exception("writing %d rows to the Feast online store failed", len(batch))
+                with self._cv:
+                    self._error = exc
+                    self._busy = False
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def _write(self, rows: Iterable[FeatureRow]) -> None:
+        by_view: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            view = self.views[r.view]
+            by_view[r.view].append({view.entity.join_key: r.key, EVENT_TIMESTAMP: r.event_timestamp, **r.values})
+        for name, batch in by_view.items():
+            for attempt in range(_LOCKED_RETRIES + 1):
+                try:
+                    with self.lock:
+                        self.write_online(self.store, self.views[name], batch)
+                    break
+                except sqlite3.OperationalError as exc:  # another process holds SQLite's write lock too long
+                    if "locked" not in str(exc) or attempt == _LOCKED_RETRIES:
+                        raise
+                    log.warning("online store locked, retrying the write of %d %s rows", len(batch), name)
+                    time.sleep(0.1 * (attempt + 1))
+
+    def flush(self) -> None:
+        with self._cv:
+            while (self._pending or self._busy) and self._error is None:
+                self._cv.wait()
+            self._raise()
+
+    def snapshot(self) -> None:
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join()
+
+
+class OnlineStoreSink(FixedPartitionedSink[FeatureRow, None]):  # type: ignore[misc]
+    """Rows into the Feast online store (``pipelines.feast_repo.write_online``), newest per key, in batches.
+
+    ``parts`` writers (default: one per view), each a thread of the worker that owns it;
+    a view's rows always go to the same writer. The repo must have been applied
+    (``python -m pipelines.feast_repo apply``).
+    """
+
+    def __init__(self, settings: Settings, views: Mapping[str, FeatureView], parts: int | None = None) -> None:
+        self.settings = settings
+        self.views = dict(views)
+        self.parts = parts or len(self.views)
+        self._index = {name: i for i, name in enumerate(sorted(self.views))}
+
+    def list_parts(self) -> list[str]:
+        return [f"online-{i}" for i in range(self.parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        """By view: each writer owns whole views (a view's Feast table has one writer)."""
+        return self._index[item_key.split(KEY_SEP, 1)[0]]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _OnlinePartition:
+        return _OnlinePartition(self.settings, self.views)
+
+
+class _MemoryPartition(StatelessSinkPartition[Any]):  # type: ignore[misc]
+    def __init__(self, out: list[Any]) -> None:
+        self.out = out
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.out.extend(items)
+
+
+class MemorySink(DynamicSink[Any]):  # type: ignore[misc]
+    """Append items to a list (tests; one process)."""
+
+    def __init__(self, out: list[Any]) -> None:
+        self.out = out
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MemoryPartition:
+        return _MemoryPartition(self.out)
+
+
+# ------------------------------------------------------------------------------------------- reading the logs
+def encode_row(row: FeatureRow) -> str:
+    return _dumps({"view": row.view, "key": row.key, EVENT_TIMESTAMP: row.event_timestamp, "values": row.values})
+
+
+def decode_row(line: str | bytes, registry: Registry = REGISTRY) -> FeatureRow:
+    """A changelog line back to a row with spec-typed values (timestamps as UTC datetimes)."""
+    obj = json.loads(line)
+    view = registry.view(obj["view"])
+    values = obj["values"]
+    for f in view.features:
+        if f.dtype == "timestamp" and values.get(f.name) is not None:
+            values[f.name] = parse_time(values[f.name])
+    return FeatureRow(obj["view"], obj["key"], parse_time(obj[EVENT_TIMESTAMP]), values)
+
+
+def _lines(directory: Path) -> Iterable[bytes]:
+    for path in sorted(Path(directory).glob("part-*.jsonl")):
+        with open(path, "rb") as fh:
+            yield from (line for line in fh if line.strip())
+
+
+def read_changelog(directory: Path, registry: Registry = REGISTRY) -> list[FeatureRow]:
+    """Every row of a changelog directory (per key in emission order)."""
+    return [decode_row(line, registry) for line in _lines(directory)]
+
+
+def timelines(rows: Iterable[FeatureRow]) -> dict[tuple[str, str], dict[datetime, dict[str, Any]]]:
+    """``(view, key) -> {change point: values}``; a change point written twice keeps its last row."""
+    out: dict[tuple[str, str], dict[datetime, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        out[(r.view, r.key)][r.event_timestamp] = r.values
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
+
+
+def read_drops(directory: Path) -> dict[str, int]:
+    """Drops per reason (``late``, ``duplicate``, ``no_consent``, ``invalid``), each source position once."""
+    seen: dict[str, str] = {}
+    for line in _lines(directory):
+        obj = json.loads(line)
+        seen[obj["id"]] = obj["reason"]
+    counts = Counter(seen.values())
+    return {r: counts.get(r, 0) for r in (*(d.value for d in Drop), INVALID)}
+
+
+# ------------------------------------------------------------------------------------------- the builder
+class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[misc]
+    """Compile every feature view into one Bytewax dataflow.
+
+    ``build(source)`` builds the dataflow (:attr:`flow`) from the hooks; ``run`` runs it
+    to the end of a finite source and reports from the logs. ``clock`` sets the timers
+    (replay by default), ``outputs`` the sinks (changelog and drops logs by default).
+    """
+
+    def __init__(self, settings: Settings, registry: Registry = REGISTRY, *, clock: StreamClock | None = None,
+                 outputs: StreamOutputs | None = None, flow_id: str = "kairos_features") -> None:
+        super().__init__(settings, registry)
+        self.clock = clock or StreamClock()
+        self.outputs = outputs or StreamOutputs.from_settings(settings)
+        self.flow = Dataflow(flow_id)
+        self._views: dict[str, FeatureView] = {}
+        self._drops: list[Stream] = []  # drop records from validate and admit, for the drops log
+        self._built = False
+
+    # -- sources ---------------------------------------------------------------------------------
+    def default_source(self, *, path: str | Path | None = None, tail: bool = True, rate: float | None = None) -> Source:
+        """The source the settings name: the replay file, or the Kafka topic."""
+        stream = self.settings.stream
+        if stream.source == "kafka":
+            if not stream.brokers:
+                raise ValueError("stream.brokers is required when stream.source is kafka")
+            return kafka_source(stream.brokers, stream.topic, tail=tail)
+        return JsonlReplaySource(path or self.settings.data_path / "stream.jsonl", rate=rate)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def validate(self, source: Stream, report: BuildReport) -> Stream:
+        """Parse and validate; invalid payloads go to the dead-letter store and the drops log."""
+        checked = op.map("validate", source, _validate_one)
+        branches = op.branch("validate_split", checked, lambda x: x[0])
+        invalid = op.map("validate_invalid", branches.falses, lambda x: x[1])
+        op.output("dead_letters", op.key_on("dead_letters_key", invalid, lambda x: x[0]),
+                  DeadLetterSink(self.outputs.dead_letter_dir))
+        self._drops.append(op.map("validate_drops", invalid, lambda x: DropRecord(INVALID, x[0], None, None)))
+        report.dropped.setdefault(INVALID, 0)
+        return op.map("validate_valid", branches.trues, lambda x: x[1])
+
+    def admit(self, events: Stream, report: BuildReport) -> Stream:
+        """Consent, lateness, then first arrival, keyed by ``user_id``; drops go to the drops log."""
+        rules, clock = self.rules, self.clock
+        keyed = op.key_on("admit_key", events, lambda pe: str(pe[1]["user_id"]))
+        decided = op.key_rm("admit_unkey", op.stateful_batch(
+            "admit", keyed, lambda resume: _AdmitLogic(rules, clock, resume)))
+        branches = op.branch("admit_split", decided, lambda x: x[0])
+        self._drops.append(op.map("admit_drops", branches.falses, lambda x: x[1]))
+        for d in Drop:
+            report.dropped.setdefault(d.value, 0)
+        return op.map("admit_admitted", branches.trues, lambda x: x[1])
+
+    def router(self, view: FeatureView) -> Callable[[Event], tuple[str, tuple[str, Event]] | None]:
+        """The view's item for an event: ``("view|key", (view, the fields the view reads))``, or None."""
+        join_key, name = view.entity.join_key, view.name
+        types = frozenset(str(t) for a in view.aggregations for t in a.event_types)
+        fields = tuple(sorted(view.event_fields()))
+
+        def route(e: Event) -> tuple[str, tuple[str, Event]] | None:
+            k = e.get(join_key)
+            if k is None or e["event_type"] not in types:  # no aggregation of the view reads it
+                return None
+            return f"{name}{KEY_SEP}{k}", (name, {f: e[f] for f in fields})
+
+        return route
+
+    def key_by_entity(self, view: FeatureView, events: Stream) -> Stream:
+        """One view's items, keyed ``view|join key`` (arrival order per key is kept)."""
+        self._views[view.name] = view
+        return op.filter_map(f"key_by_entity_{view.name}", events, self.router(view))
+
+    def aggregate(self, view: FeatureView, keyed: Stream) -> Stream:
+        """A :class:`ViewState` per state key: one stateful step serves ``view`` and every other view whose
+        items :meth:`build` merged into ``keyed`` (a state key names its view). Rows come out keyed by it."""
+        views, clock = dict(self._views), self.clock
+        return op.stateful_batch("aggregate", keyed, lambda resume: _ViewLogic(views, clock, resume))
+
+    def write(self, view: FeatureView, rows: Stream) -> int:
+        """Attach the sinks (changelog, Feast, memory) to the rows of every view; counts come from :meth:`report`."""
+        out = self.outputs
+        if out.changelog_dir is not None:
+            lines = op.map("changelog_encode", rows, lambda kr: (kr[0], encode_row(kr[1])))
+            op.output("changelog", lines, JsonlLogSink(out.changelog_dir, out.parts))
+        if out.online:
+            op.output("online_store", rows, OnlineStoreSink(self.settings, self._views, out.online_parts))
+        if out.memory is not None:
+            op.output("memory", op.key_rm("rows", rows), MemorySink(out.memory))
+        return 0
+
+    # -- the dataflow ----------------------------------------------------------------------------
+    def build(self, source: Source | Stream, views: Sequence[FeatureView] | None = None) -> BuildReport:
+        """Build the dataflow (once) into :attr:`flow`: the hooks wired for every view, as one graph."""
+        if self._built:
+            raise RuntimeError("this builder already built its dataflow; make a new builder")
+        self._built = True
+        views = list(views or self.registry.views)
+        report = BuildReport()
+        stream = source if isinstance(source, Stream) else op.input("source", self.flow, source)
+        events = self.admit(self.validate(stream, report), report)
+        keyed = op.merge("key_by_entity", *(self.key_by_entity(v, events) for v in views))  # the fan-out
+        rows = self.aggregate(views[0], keyed)
+        self.write(views[0], rows)
+        drops = op.merge("drops", *self._drops)
+        drop_lines = op.map("drops_encode", drops, lambda d: (d.id, _dumps(d._asdict())))
+        op.output("drops_log", drop_lines, JsonlLogSink(self.outputs.drops_dir, self.outputs.parts))
+        return report
+
+    def dataflow(self, source: Source | None = None, views: Sequence[FeatureView] | None = None) -> Dataflow:
+        self.build(source if source is not None else self.default_source(), views)
+        return self.flow
+
+    def run(self, source: Source | None = None, *, workers: int | None = None,
+            epoch_interval: timedelta | None = None, recovery: RecoveryConfig | None = None) -> BuildReport:
+        """Build and run to the end of a finite source on ``workers`` threads (default: settings)."""
+        from bytewax.run import cli_main
+
+        t0 = time.perf_counter()
+        flow = self.dataflow(source)
+        cli_main(flow, workers_per_process=workers or self.settings.stream.workers,
+                 epoch_interval=epoch_interval or timedelta(seconds=10), recovery_config=recovery)
+        report = self.report()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def report(self) -> BuildReport:
+        """Rows per view (distinct change points) and drops per reason, from the logs on disk."""
+        report = BuildReport(dropped=read_drops(self.outputs.drops_dir))
+        if self.outputs.changelog_dir is not None:
+            for (view, _key), points in timelines(read_changelog(self.outputs.changelog_dir, self.registry)).items():
+                report.views[view] = report.views.get(view, 0) + len(points)
+        return report
+
+
+# ------------------------------------------------------------------------------------------- entry points
+def build_flow(source: str | None = None, path: str | None = None, *, brokers: str | None = None,
+               topic: str | None = None, tail: bool = True, live: bool | None = None,
+               offset_seconds: float | None = None, grace_seconds: float = 2.0, until: str | None = None,
+               flush_at_eof: bool = True, online: bool | None = None,
+               changelog: str | None = None, drops: str | None = None, rate: float | None = None,
+               views: Sequence[str] | None = None, parts: int = DEFAULT_PARTS) -> Dataflow:
+    """The dataflow for ``python -m bytewax.run "pipelines.bytewax_builder:build_flow(...)"``.
+
+    Defaults come from the settings (``stream.source``, ``brokers``, ``topic``; the
+    replay file ``data_path/stream.jsonl``). ``live`` (default: a tailing Kafka source, or
+    an ``offset_seconds``) turns on wall-clock wake-ups for expiries: wall time = data
+    time + ``offset_seconds`` (default 0: ``ingest_time`` is wall time; a replay of
+    history at its own pace passes now minus its first arrival). ``online`` (default:
+    live) writes the Feast online store, applying the repo first if it was never applied.
+    ``until`` is an ISO time bounding the EOF flush; ``changelog=''`` turns the changelog off.
+    """
+    overrides: dict[str, Any] = {}
+    if source or brokers or topic:
+        base = load_settings().stream
+        overrides["stream"] = base.model_copy(update={k: v for k, v in
+                                                      (("source", source), ("brokers", brokers), ("topic", topic))
+                                                      if v is not None}).model_dump()
+    settings = load_settings(**overrides)
+    is_kafka = settings.stream.source == "kafka"
+    live = (is_kafka and tail) or offset_seconds is not None if live is None else live
+    online = live if online is None else online
+    offset = timedelta(seconds=offset_seconds or 0.0) if live else None
+    clock = StreamClock(offset=offset, grace=timedelta(seconds=grace_seconds),
+                        until=parse_time(until) if until else None, flush_at_eof=flush_at_eof)
+    outputs = StreamOutputs.from_settings(settings, online=online)
+    if changelog is not None:
+        outputs.changelog_dir = Path(changelog) if changelog else None
+    if drops:
+        outputs.drops_dir = Path(drops)
+    outputs.parts = parts
+    if online and not (settings.data_path / "registry.db").exists():
+        from pipelines import feast_repo
+
+        feast_repo.apply(settings)
+    builder = BytewaxFeatureBuilder(settings, clock=clock, outputs=outputs)
+    chosen = [REGISTRY.view(v) for v in views] if views else None
+    return builder.dataflow(builder.default_source(path=path, tail=tail, rate=rate), chosen)
+
+
+def __getattr__(name: str) -> Any:
+    """``flow``: the settings' dataflow, built on first access (``python -m bytewax.run pipelines.bytewax_builder``)."""
+    if name == "flow":
+        return build_flow()
+    raise AttributeError(name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipelines.bytewax_builder",
+                                description="Reports of the Bytewax engine (run it with python -m bytewax.run)")
+    p.add_argument("command", choices=["report"])
+    p.add_argument("--changelog", type=Path, default=None)
+    p.add_argument("--drops", type=Path, default=None)
+    a = p.parse_args(argv)
+    settings = load_settings()
+    outputs = StreamOutputs.from_settings(settings)
+    builder = BytewaxFeatureBuilder(settings, outputs=StreamOutputs(
+        changelog_dir=a.changelog or outputs.changelog_dir, drops_dir=a.drops or outputs.drops_dir,
+        dead_letter_dir=outputs.dead_letter_dir))
+    report = builder.report()
+    print(json.dumps({"rows": report.views, "dropped": report.dropped}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
