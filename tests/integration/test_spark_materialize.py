@@ -5,7 +5,6 @@ Both online stores: the embedded SQLite and a real valkey server.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from pipelines import feast_repo
 from pipelines.eventlog import records_to_table, write_parquet
 from pipelines.spark_builder import SparkFeatureBuilder
 from tests.adversarial import START, adversarial_log
+from tests.compare import same
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,6 @@ def valkey() -> Iterator[ValkeyServer]:
     finally:
         server.stop()
 
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
 
 
 def check_online(store: Any, ref: Reference, at: Any) -> int:

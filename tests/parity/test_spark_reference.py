@@ -6,7 +6,6 @@ The Spark session is the session-scoped ``spark`` fixture of ``tests/conftest.py
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from pipelines.spark_builder import (
     to_pandas,
 )
 from tests.adversarial import START, adversarial_log
+from tests.compare import same
 
 LATENESS = timedelta(hours=1)
 RULES = EventRules(allowed_lateness=LATENESS)
@@ -42,11 +42,6 @@ DAY1 = datetime(2026, 10, 31, tzinfo=UTC)
 DAY2, DAY3 = DAY1 + timedelta(days=1), DAY1 + timedelta(days=2)
 AFTER_ALL = DAY3 + timedelta(days=40)  # past every timer of the log
 
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
 
 
 def plain(value: Any, dtype: str) -> Any:

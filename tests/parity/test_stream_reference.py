@@ -10,7 +10,6 @@ change point; its drops log must count what the reference drops.
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import socket
@@ -43,16 +42,12 @@ from pipelines.bytewax_builder import (
 from pipelines.eventlog import encode_json, write_jsonl
 from tests.adversarial import adversarial_log
 from tests.builders import T0, make_event, minutes
+from tests.compare import same_typed as same
 
 LATENESS = timedelta(hours=1)
 RULES = EventRules(allowed_lateness=LATENESS)
 REPO = Path(__file__).resolve().parents[2]
 
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return type(a) is type(b) and bool(a == b)
 
 
 def diff(got: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

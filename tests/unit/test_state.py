@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from datetime import timedelta
 from typing import Any
 
@@ -15,14 +14,10 @@ from features.semantics import EventRules
 from features.state import ViewState, sweep
 from tests.adversarial import adversarial_log
 from tests.builders import T0, make_event, minutes
+from tests.compare import same
 
 RULES = EventRules(allowed_lateness=timedelta(hours=1))
 
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
