@@ -14,7 +14,6 @@ nulls; division by zero gives null (never an exception, never ``inf``).
 from __future__ import annotations
 
 import math
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,17 +35,27 @@ class Expr(ABC):
         """Names of the inputs this expression reads."""
 
     @abstractmethod
-    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
-        """A closure computing the same value as :meth:`evaluate`, without walking the tree."""
+    def _emit(self, gen: _CodeGen) -> str:
+        """Append this node's statements to ``gen``; return the Python expression of its value."""
 
     @property
     def fn(self) -> Callable[[Mapping[str, Any]], Any]:
-        """The compiled expression (built once, then cached on the node); engines call this per row."""
+        """The compiled expression (built once, then cached on the node); engines call this per row.
+
+        The tree is generated as the body of one Python function (one statement per
+        node, locals for intermediate values), which is several times faster per row
+        than calling a closure per node. :meth:`evaluate` stays the plain tree walk
+        the reference uses, and a unit test checks that both agree.
+        """
         compiled = self.__dict__.get("_fn")
         if compiled is None:
-            compiled = self._compile()
+            compiled = _CodeGen.build(self)
             object.__setattr__(self, "_fn", compiled)
         return compiled
+
+    def source(self) -> str:
+        """The generated Python source of :attr:`fn` (for debugging)."""
+        return _CodeGen.render(self)[0]
 
     # operators ---------------------------------------------------------------------------
     def __add__(self, other: Expr | Number) -> Expr:
@@ -74,16 +83,39 @@ class Expr(ABC):
         return BinOp(op="/", left=_wrap(other), right=self)
 
 
-def _div(a: Any, b: Any) -> Any:
-    return None if b == 0 else a / b
+class _CodeGen:
+    """Turns an expression tree into the source of one function ``f(row)``."""
 
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self._n = 0
 
-_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": _div,
-}
+    def var(self) -> str:
+        self._n += 1
+        return f"v{self._n}"
+
+    def const(self, value: Any) -> str:
+        """A name bound to ``value`` in the function's globals."""
+        name = f"c{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    @classmethod
+    def render(cls, expr: Expr) -> tuple[str, dict[str, Any]]:
+        gen = cls()
+        result = expr._emit(gen)
+        body = "\n".join(f"    {line}" for line in gen.lines)
+        src = f"def f(row):\n    get = row.get\n{body}\n    return {result}\n"
+        return src, gen.consts
+
+    @classmethod
+    def build(cls, expr: Expr) -> Callable[[Mapping[str, Any]], Any]:
+        src, consts = cls.render(expr)
+        namespace: dict[str, Any] = dict(consts)
+        exec(compile(src, f"<expr {type(expr).__name__}>", "exec"), namespace)  # our own generated source
+        fn: Callable[[Mapping[str, Any]], Any] = namespace["f"]
+        return fn
 
 
 def _wrap(v: Expr | Number) -> Expr:
@@ -103,14 +135,11 @@ class Col(Expr):
     def columns(self) -> frozenset[str]:
         return frozenset({self.name})
 
-    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
-        name = self.name
-
-        def get(row: Mapping[str, Any]) -> Any:
-            v = row.get(name)
-            return None if v != v else v  # NaN is the only value unequal to itself
-
-        return get
+    def _emit(self, gen: _CodeGen) -> str:
+        v = gen.var()
+        gen.lines.append(f"{v} = get({self.name!r})")
+        gen.lines.append(f"if {v} != {v}: {v} = None")  # NaN is the only value unequal to itself
+        return v
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,9 +152,10 @@ class Lit(Expr):
     def columns(self) -> frozenset[str]:
         return frozenset()
 
-    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
-        value = self.value
-        return lambda row: value
+    def _emit(self, gen: _CodeGen) -> str:
+        if self.value is None or isinstance(self.value, bool | int | str):
+            return repr(self.value)
+        return gen.const(self.value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,16 +182,16 @@ class BinOp(Expr):
     def columns(self) -> frozenset[str]:
         return self.left.columns() | self.right.columns()
 
-    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
-        left, right, op = self.left.fn, self.right.fn, _BINOPS[self.op]
-
-        def binop(row: Mapping[str, Any]) -> Any:
-            a, b = left(row), right(row)
-            if a is None or b is None:
-                return None
-            return op(a, b)
-
-        return binop
+    def _emit(self, gen: _CodeGen) -> str:
+        a, b = self.left._emit(gen), self.right._emit(gen)
+        v = gen.var()
+        nulls = [x for x, e in ((a, self.left), (b, self.right)) if not (isinstance(e, Lit) and e.value is not None)]
+        guard = " or ".join(f"{x} is None" for x in nulls)
+        if self.op == "/":
+            guard = f"{guard} or {b} == 0" if guard else f"{b} == 0"
+        value = f"{a} {self.op} {b}"
+        gen.lines.append(f"{v} = None if {guard} else {value}" if guard else f"{v} = {value}")
+        return v
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,15 +211,12 @@ class Func(Expr):
             out |= a.columns()
         return out
 
-    def _compile(self) -> Callable[[Mapping[str, Any]], Any]:
-        fn, args = FUNCTIONS[self.name], tuple(a.fn for a in self.args)
-        if len(args) == 1:
-            (only,) = args
-            return lambda row: fn(only(row))
-        if len(args) == 2:
-            first, second = args
-            return lambda row: fn(first(row), second(row))
-        return lambda row: fn(*(a(row) for a in args))
+    def _emit(self, gen: _CodeGen) -> str:
+        args = [a._emit(gen) for a in self.args]
+        fn = gen.const(FUNCTIONS[self.name])
+        v = gen.var()
+        gen.lines.append(f"{v} = {fn}({', '.join(args)})")
+        return v
 
 
 def _coalesce(*vs: Any) -> Any:

@@ -17,64 +17,103 @@ from datetime import datetime
 from typing import Any
 
 from features.semantics import event_order_key, tile_expiry, tile_start
-from features.spec import FeatureView
-
-_DISPATCH: dict[int, tuple[FeatureView, dict[str, tuple[int, ...]]]] = {}
+from features.spec import FeatureView, Window
 
 
-def _dispatch(view: FeatureView) -> dict[str, tuple[int, ...]]:
-    """event type -> indices of the view's aggregations that filter on it (computed once per view)."""
-    hit = _DISPATCH.get(id(view))
-    if hit is not None and hit[0] is view:
-        return hit[1]
-    by_type: dict[str, list[int]] = {}
-    for i, agg in enumerate(view.aggregations):
-        for et in agg.event_types:
-            by_type.setdefault(str(et), []).append(i)
-    table = {k: tuple(v) for k, v in by_type.items()}
-    _DISPATCH[id(view)] = (view, table)  # holding the view keeps its id from being reused
-    return table
+class _Plan:
+    """What a view's state machine needs per event, computed once per view."""
+
+    __slots__ = ("aggs", "by_type", "casts", "derived", "hops", "names", "view")
+
+    def __init__(self, view: FeatureView) -> None:
+        self.view = view  # holding the view keeps its id from being reused
+        self.aggs = view.aggregations
+        self.names = tuple(a.name for a in view.aggregations)
+        self.casts = tuple(a.cast for a in view.aggregations)
+        self.derived = tuple((d.name, d.cast, d.expr.fn) for d in view.derived)
+        windows = list(dict.fromkeys(a.window for a in view.aggregations))
+        by_type: dict[str, list[tuple[int, int, Window, Any, Any, Any]]] = {}
+        for i, agg in enumerate(view.aggregations):
+            where = agg.where.fn if agg.where is not None else None
+            w = windows.index(agg.window)
+            for et in agg.event_types:
+                by_type.setdefault(str(et), []).append((i, w, agg.window, where, agg.input.fn, agg.op))
+        self.by_type = {k: tuple(v) for k, v in by_type.items()}
+
+
+_PLANS: dict[int, _Plan] = {}
+
+
+def _plan(view: FeatureView) -> _Plan:
+    plan = _PLANS.get(id(view))
+    if plan is None or plan.view is not view:
+        plan = _PLANS[id(view)] = _Plan(view)
+    return plan
 
 
 class ViewState:
-    """The live tiles of every aggregation of ``view`` for one key."""
+    """The live tiles of every aggregation of ``view`` for one key.
 
-    __slots__ = ("_cache", "_dirty", "_expiries", "tiles", "view")
+    The finalized row is kept between calls: :meth:`values` re-merges and re-casts
+    only the aggregations whose tiles changed since the last call, then evaluates
+    the derived features.
+    """
+
+    __slots__ = ("_dirty", "_expiries", "_plan", "_row", "tiles", "view")
 
     def __init__(self, view: FeatureView) -> None:
         self.view = view
+        self._plan = _plan(view)
         self.tiles: list[dict[datetime, Any]] = [{} for _ in view.aggregations]
         self._expiries: list[tuple[datetime, int, datetime]] = []  # (expiry, aggregation index, tile)
-        self._cache: list[Any] = [a.op.finalize(a.op.init()) for a in view.aggregations]
-        self._dirty: set[int] = set()
+        self._row: dict[str, Any] = {}
+        self._dirty: set[int] = set(range(len(view.aggregations)))
 
+    # -- checkpoints (the stream's recovery snapshots) -------------------------------------------
+    def snapshot(self) -> tuple[list[dict[datetime, Any]], list[tuple[datetime, int, datetime]]]:
+        """The state as plain data: the tiles and the expiry heap."""
+        return self.tiles, self._expiries
+
+    @classmethod
+    def restore(cls, view: FeatureView,
+                snapshot: tuple[list[dict[datetime, Any]], list[tuple[datetime, int, datetime]]]) -> ViewState:
+        state = cls(view)
+        state.tiles, state._expiries = snapshot
+        return state
+
+    # -- events and time -----------------------------------------------------------------------
     def add(self, event: Mapping[str, Any]) -> bool:
         """Fold one admitted event that has arrived; True if any aggregation accepted it."""
+        targets = self._plan.by_type.get(event["event_type"])
+        if not targets:
+            return False
         accepted = False
         now = event["ingest_time"]
         event_time = event["event_time"]
-        tiles_by_hop: dict[Any, datetime] = {}
-        for i in _dispatch(self.view).get(event["event_type"], ()):
-            agg = self.view.aggregations[i]
-            if agg.where is not None and not agg.where.fn(event):
+        order_key = None
+        tiles_by_window: dict[int, tuple[datetime, datetime]] = {}
+        for i, w, window, where, value_of, op in targets:
+            if where is not None and not where(event):
                 continue
-            value = agg.value_of(event)
+            value = value_of(event)
             if value is None:
                 continue
             accepted = True
-            hop = agg.window.hop
-            tile = tiles_by_hop.get(hop)
-            if tile is None:
-                tile = tiles_by_hop[hop] = tile_start(event_time, agg.window)
-            expiry = tile_expiry(tile, agg.window)
+            hit = tiles_by_window.get(w)
+            if hit is None:
+                tile = tile_start(event_time, window)
+                hit = tiles_by_window[w] = (tile, tile_expiry(tile, window))
+            tile, expiry = hit
             if expiry <= now:  # arrived after its tile left the window: never counts
                 continue
+            if order_key is None:
+                order_key = event_order_key(event)
             tiles = self.tiles[i]
             state = tiles.get(tile)
             if state is None:
-                state = agg.op.init()
+                state = op.init()
                 heapq.heappush(self._expiries, (expiry, i, tile))
-            tiles[tile] = agg.op.update(state, value, event_order_key(event))
+            tiles[tile] = op.update(state, value, order_key)
             self._dirty.add(i)
         return accepted
 
@@ -92,21 +131,41 @@ class ViewState:
             dropped = True
         return dropped
 
-    def aggregates(self) -> list[Any]:
-        """Finalized aggregation values (``None`` where empty), recomputing only what changed."""
-        for i in self._dirty:
-            op = self.view.aggregations[i].op
-            merged = op.init()
-            for partial in self.tiles[i].values():
-                merged = op.merge(merged, partial)  # merge mutates only its first argument
-            self._cache[i] = op.finalize(merged)
-        self._dirty.clear()
-        return self._cache
+    # -- values --------------------------------------------------------------------------------
+    def _refresh(self) -> dict[str, Any]:
+        plan, row = self._plan, self._row
+        if self._dirty:
+            for i in self._dirty:
+                op = plan.aggs[i].op
+                partials = self.tiles[i]
+                if not partials:
+                    merged = op.init()
+                elif len(partials) == 1:
+                    (merged,) = partials.values()  # finalize never mutates its state
+                else:
+                    merged = op.init()
+                    for partial in partials.values():
+                        merged = op.merge(merged, partial)  # merge mutates only its first argument
+                row[plan.names[i]] = plan.casts[i](op.finalize(merged))
+            self._dirty.clear()
+        return row
+
+    def aggregates(self) -> dict[str, Any]:
+        """The aggregations' values, defaults and dtypes applied (no derived features)."""
+        row = self._refresh()
+        return {n: row[n] for n in self._plan.names}
 
     def values(self) -> dict[str, Any]:
-        """Every feature of the view: defaults, dtypes and derived features applied."""
-        aggs = self.aggregates()
-        return self.view.finalize_row({a.name: v for a, v in zip(self.view.aggregations, aggs, strict=True)})
+        """Every feature of the view in spec order: defaults, dtypes and derived features applied.
+
+        Equal to ``view.finalize_row`` of the finalized aggregations; the sweep tests check it against the
+        reference at every change point.
+        """
+        row = self._refresh()
+        out = {n: row[n] for n in self._plan.names}
+        for name, cast, fn in self._plan.derived:
+            out[name] = cast(fn(out))
+        return out
 
     def is_empty(self) -> bool:
         return not self._expiries

@@ -418,12 +418,8 @@ class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
         self.key = ""
         self.now: datetime | None = None  # the key's data clock: latest time processed
         if resume is not None:
-            self.view_name, self.key, self.now, tiles, expiries = pickle.loads(resume)
-            state = ViewState(views[self.view_name])
-            state.tiles = tiles
-            state._expiries = expiries  # a heap, restored as saved
-            state._dirty = set(range(len(tiles)))
-            self.state = state
+            self.view_name, self.key, self.now, snapshot = pickle.loads(resume)
+            self.state = ViewState.restore(views[self.view_name], snapshot)
 
     def _row(self, ts: datetime) -> FeatureRow:
         assert self.state is not None
@@ -489,8 +485,7 @@ class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
     def snapshot(self) -> bytes:
         state = self.state
         assert state is not None
-        return pickle.dumps((self.view_name, self.key, self.now, state.tiles, state._expiries),
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((self.view_name, self.key, self.now, state.snapshot()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # ------------------------------------------------------------------------------------------- sinks
