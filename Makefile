@@ -9,7 +9,7 @@ endif
 RUN := $(UV) run --frozen
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install lint typecheck test unit parity demo bench bench-sim bench-spark feast-apply backfill simulate import-example clean
+.PHONY: help install lint typecheck test unit parity demo bench bench-sim bench-spark bench-stream feast-apply backfill simulate import-example clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,8 +31,12 @@ test: install lint ## The whole suite: lint, types, unit, data, parity, model, d
 unit: install ## Fast unit tests only
 	$(RUN) pytest -q tests/unit
 
-parity: install ## Engine parity against the reference (Spark now; Bytewax as it lands)
+PARITY_USERS ?= 300
+PARITY_DAYS ?= 6
+
+parity: install ## Parity tests, then a per-feature report: reference vs Spark vs Bytewax vs Feast (PARITY_USERS, PARITY_DAYS)
 	$(RUN) pytest -q tests/parity
+	$(RUN) python -m pipelines.parity --users $(PARITY_USERS) --days $(PARITY_DAYS)
 
 demo: install ## The main job end to end on the embedded defaults (SQLite, local parquet)
 	$(RUN) python -m pipelines.demo
@@ -40,13 +44,16 @@ demo: install ## The main job end to end on the embedded defaults (SQLite, local
 BENCH_EVENTS ?= 10000000
 BENCH_ROWS ?= 1000000
 
-bench: bench-sim bench-spark ## All benchmarks (BENCH_EVENTS, BENCH_ROWS); JSON results land in bench/results/
+bench: bench-sim bench-spark bench-stream ## All benchmarks (BENCH_EVENTS, BENCH_ROWS); JSON results land in bench/results/
 
 bench-sim: install ## Simulator throughput at BENCH_EVENTS events, against a parquet-write floor
 	$(RUN) python -m bench.bench_simulator --events $(BENCH_EVENTS)
 
 bench-spark: install ## Spark build of BENCH_EVENTS events and a BENCH_ROWS training set, against Feast's offline store
 	$(RUN) python -m bench.bench_spark --events $(BENCH_EVENTS) --rows $(BENCH_ROWS)
+
+bench-stream: install ## Bytewax throughput (1k/100k/1M active users, 1 and 2 workers) and freshness into Feast
+	$(RUN) python -m bench.bench_stream --big-users 1000000
 
 feast-apply: install ## Generate the Feast repo from the specs and run `feast apply`
 	$(RUN) python -m pipelines.feast_repo apply

@@ -1,0 +1,368 @@
+"""Batch/stream parity: one event log through the reference, Spark and Bytewax, compared per feature.
+
+``make parity`` runs the parity tests, then this report on a simulated log with
+raised rates of duplicate, out-of-order and late delivery that crosses midnights
+and a month boundary::
+
+    python -m pipelines.parity --users 300 --days 6
+
+What is compared, in the spirit of Chronon's online/offline consistency metrics:
+
+* **stream vs Spark**, per feature: at every (key, timestamp) where the stream wrote
+  a row (its changelog), Spark's as-of value from the offline table (the latest row
+  at or before that timestamp) must be identical (floats within 1e-9). ``compared``
+  counts those rows, ``mismatched`` the rows whose value differs, ``missing`` the
+  stream rows Spark has no change point for (its as-of value still counts), and
+  ``extra`` the change points Spark has that the stream never wrote;
+* **reference**: the stream's values at those points against the plain-Python
+  oracle (:class:`features.reference.Reference`), for every key or a sample;
+* **Feast**: after the stream wrote the online store, ``get_online_features`` for
+  every key (or a sample) equals Feast's ``get_historical_features`` over Spark's
+  offline tables at the same moment;
+* **late data**: how many events each engine dropped as late, duplicate, without
+  consent or invalid, next to the reference's counts, so any effect of late data
+  on agreement is visible, not hidden.
+
+Both engines run to the same end, the UTC midnight after the last arrival: Spark
+backfills ``[-inf, end)``; the stream replays the whole log in arrival order and
+runs its timers up to ``end`` minus one microsecond. The JSON report lands in
+``data_path/parity/report.json``; the exit status is 1 on any disagreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.dataset as ds
+
+from conf.settings import Settings, load_settings
+from features import spec
+from features.reference import Reference
+from features.registry import REGISTRY, Registry
+from features.semantics import Drop, EventRules
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipelines.bytewax_builder import FeatureRow
+
+FLOAT_TOLERANCE = 1e-9
+Timeline = tuple[list[datetime], list[dict[str, Any]]]
+
+
+def same(a: Any, b: Any, dtype: str) -> bool:
+    """Equal as the spec's dtype: floats within 1e-9 (absolute or relative), lists element-wise."""
+    if a is None or b is None:
+        return a is None and b is None
+    if dtype == "float64":
+        fa, fb = float(a), float(b)
+        return fa == fb or math.isclose(fa, fb, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
+    if dtype == "array<string>":
+        return list(a) == list(b)
+    return bool(a == b)
+
+
+@dataclass
+class FeatureParity:
+    """Agreement of one feature between the stream and Spark (and the reference)."""
+
+    view: str
+    feature: str
+    compared: int = 0
+    mismatched: int = 0
+    missing: int = 0
+    extra: int = 0
+    reference_compared: int = 0
+    reference_mismatched: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatched or self.missing or self.extra or self.reference_mismatched)
+
+
+@dataclass
+class ParityReport:
+    events: int
+    end: datetime
+    features: list[FeatureParity]
+    drops: dict[str, dict[str, int]]  # engine -> reason -> events
+    feast: dict[str, int]  # compared / mismatched cells between Feast online and Feast offline
+    seconds: dict[str, float]
+    workers: int
+
+    @property
+    def mismatches(self) -> int:
+        return sum(f.mismatched + f.missing + f.extra + f.reference_mismatched for f in self.features) + \
+            self.feast.get("mismatched", 0) + int(self.drops.get("spark") != self.drops.get("bytewax"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"events": self.events, "end": self.end.isoformat(), "workers": self.workers,
+                "mismatches": self.mismatches, "drops": self.drops, "feast": self.feast, "seconds": self.seconds,
+                "features": [asdict(f) for f in self.features]}
+
+    def lines(self) -> list[str]:
+        """The per-feature table and the drop counts, for a terminal."""
+        out = [f"{'view':17s} {'feature':42s} {'compared':>9s} {'mismatch':>8s} {'missing':>7s} {'extra':>6s} "
+               f"{'ref cmp':>8s} {'ref bad':>7s}"]
+        for f in self.features:
+            out.append(f"{f.view:17s} {f.feature:42s} {f.compared:9,d} {f.mismatched:8,d} {f.missing:7,d} "
+                       f"{f.extra:6,d} {f.reference_compared:8,d} {f.reference_mismatched:7,d}")
+            out += [f"    e.g. {e}" for e in f.examples[:3]]
+        reasons = sorted({r for d in self.drops.values() for r in d})
+        out.append("")
+        out.append(f"{'not counted':17s} " + " ".join(f"{r:>11s}" for r in reasons))
+        for engine, d in self.drops.items():
+            out.append(f"{engine:17s} " + " ".join(f"{d.get(r, 0):11,d}" for r in reasons))
+        out.append("")
+        out.append(f"Feast online vs Feast offline (get_historical_features) at {self.end - timedelta(microseconds=1)}:"
+                   f" {self.feast.get('compared', 0):,} cells, {self.feast.get('mismatched', 0):,} differ")
+        return out
+
+
+# ------------------------------------------------------------------------------------------- reading both engines
+def offline_timelines(settings: Settings, view: spec.FeatureView) -> dict[str, Timeline]:
+    """A view's Spark offline table as ``key -> (sorted timestamps, rows)``, spec-typed Python values."""
+    from pipelines.spark_builder import EVENT_TIMESTAMP
+
+    key = view.entity.join_key
+    table = ds.dataset(str(settings.offline_path / view.name), format="parquet", partitioning="hive").to_table(
+        columns=[key, EVENT_TIMESTAMP, *view.feature_names])
+    table = table.sort_by([(key, "ascending"), (EVENT_TIMESTAMP, "ascending")])
+    out: dict[str, Timeline] = {}
+    for r in table.to_pylist():
+        times, rows = out.setdefault(str(r.pop(key)), ([], []))
+        times.append(r.pop(EVENT_TIMESTAMP).astimezone(UTC))
+        for f in view.features:
+            if f.dtype == "timestamp" and r[f.name] is not None:
+                r[f.name] = r[f.name].astimezone(UTC)
+        rows.append(r)
+    return out
+
+
+def stream_timelines(rows: Iterable[FeatureRow]) -> dict[tuple[str, str], Timeline]:
+    """The stream's changelog as ``(view, key) -> (sorted timestamps, rows)``; the last row of a timestamp wins."""
+    by: dict[tuple[str, str], dict[datetime, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        by[(r.view, r.key)][r.event_timestamp] = r.values
+    out: dict[tuple[str, str], Timeline] = {}
+    for k, points in by.items():
+        times = sorted(points)
+        out[k] = (times, [points[t] for t in times])
+    return out
+
+
+def compare_view(view: spec.FeatureView, stream: Mapping[str, Timeline], offline: Mapping[str, Timeline],
+                 reference: Callable[[str, datetime], dict[str, Any]] | None = None,
+                 reference_keys: set[str] | None = None, examples: int = 3) -> list[FeatureParity]:
+    """Per feature of ``view``: the stream's rows against Spark's as-of values (and the reference's)."""
+    stats = {f.name: FeatureParity(view=view.name, feature=f.name) for f in view.features}
+    defaults = {f.name: f.default for f in view.features}
+    missing = extra = 0
+    for key in sorted(set(stream) | set(offline)):
+        s_times, s_rows = stream.get(key, ([], []))
+        o_times, o_rows = offline.get(key, ([], []))
+        missing += len(set(s_times) - set(o_times))
+        extra += len(set(o_times) - set(s_times))
+        check_ref = reference is not None and (reference_keys is None or key in reference_keys)
+        for t, got in zip(s_times, s_rows, strict=True):
+            i = bisect.bisect_right(o_times, t) - 1
+            want = o_rows[i] if i >= 0 else defaults
+            expected = reference(key, t) if check_ref and reference is not None else None
+            for f in view.features:
+                st = stats[f.name]
+                st.compared += 1
+                if not same(got.get(f.name), want.get(f.name), f.dtype):
+                    st.mismatched += 1
+                    if len(st.examples) < examples:
+                        st.examples.append(f"{key} at {t.isoformat()}: stream {got.get(f.name)!r}, "
+                                           f"spark {want.get(f.name)!r}")
+                if expected is not None:
+                    st.reference_compared += 1
+                    if not same(got.get(f.name), expected[f.name], f.dtype):
+                        st.reference_mismatched += 1
+                        if len(st.examples) < examples:
+                            st.examples.append(f"{key} at {t.isoformat()}: stream {got.get(f.name)!r}, "
+                                               f"reference {expected[f.name]!r}")
+    for st in stats.values():
+        st.missing, st.extra = missing, extra
+    return list(stats.values())
+
+
+# ------------------------------------------------------------------------------------------- running it
+def _next_midnight(t: datetime) -> datetime:
+    return datetime(t.year, t.month, t.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def run_parity(settings: Settings, *, spark: SparkSession | None = None, workers: int = 1,
+               reference_keys: int | None = 200, feast_keys: int | None = 300, seed: int = 7,
+               registry: Registry = REGISTRY, progress: Callable[[str], None] = print) -> ParityReport:
+    """Run the three implementations on ``settings.events_path`` and compare them (see the module docstring).
+
+    ``reference_keys`` / ``feast_keys``: keys per view checked against the reference /
+    read from Feast (``None``: all). Writes Spark's offline tables, the stream's logs and
+    the Feast online store under ``settings.data_path``.
+    """
+    from pipelines import feast_repo
+    from pipelines.bytewax_builder import BytewaxFeatureBuilder, StreamClock, StreamOutputs, read_changelog
+    from pipelines.eventlog import read_parquet, table_to_records
+    from pipelines.simulator import write_stream
+    from pipelines.spark_builder import SparkFeatureBuilder, feast_training_set
+
+    seconds: dict[str, float] = {}
+    table = read_parquet(settings.events_path)
+    end = _next_midnight(max(table.column("ingest_time").to_pylist()))
+    rules = EventRules(allowed_lateness=settings.events.allowed_lateness)
+
+    t0 = time.perf_counter()
+    spark_report = SparkFeatureBuilder(settings, registry, spark=spark).backfill(None, end)
+    seconds["spark"] = round(time.perf_counter() - t0, 2)
+    progress(f"   spark: {sum(spark_report.views.values()):,} change points in {seconds['spark']}s")
+
+    replay = settings.data_path / "parity" / "stream.jsonl"
+    n = write_stream(table, replay)
+    out = StreamOutputs.from_settings(settings, online=True)
+    for d in (out.changelog_dir, out.drops_dir):
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
+    store = feast_repo.apply(settings)
+    t0 = time.perf_counter()
+    from pipelines.bytewax_builder import JsonlReplaySource
+
+    builder = BytewaxFeatureBuilder(settings, registry, clock=StreamClock(until=end - timedelta(microseconds=1)),
+                                    outputs=out)
+    stream_report = builder.run(JsonlReplaySource(replay), workers=workers)
+    seconds["bytewax"] = round(time.perf_counter() - t0, 2)
+    assert out.changelog_dir is not None
+    changelog = read_changelog(out.changelog_dir, registry)
+    progress(f"   bytewax ({workers} worker{'s' if workers > 1 else ''}): {n:,} events, {len(changelog):,} rows "
+             f"in {seconds['bytewax']}s")
+
+    t0 = time.perf_counter()
+    records = table_to_records(table)
+    ref = Reference(records, rules=rules)
+    stream = stream_timelines(changelog)
+    rng = random.Random(seed)
+    features: list[FeatureParity] = []
+    for view in registry.views:
+        offline = offline_timelines(settings, view)
+        mine = {k: tl for (v, k), tl in stream.items() if v == view.name}
+        keys = sorted(mine)
+        checked = set(keys if reference_keys is None or len(keys) <= reference_keys
+                      else rng.sample(keys, reference_keys))
+        raw_keys = {str(k): k for k in ref.keys(view)}
+
+        def oracle(key: str, t: datetime, view: spec.FeatureView = view, raw: dict[str, Any] = raw_keys
+                   ) -> dict[str, Any]:
+            return ref.features(view, raw.get(key, key), t)
+
+        features += compare_view(view, mine, offline, oracle, checked)
+    seconds["compare"] = round(time.perf_counter() - t0, 2)
+
+    # Feast online (written by the stream) against Feast offline (get_historical_features over Spark's tables)
+    t0 = time.perf_counter()
+    import pandas as pd
+
+    at = end - timedelta(microseconds=1)
+    feast = {"compared": 0, "mismatched": 0, "keys": 0}
+    for view in registry.views:
+        key = view.entity.join_key
+        keys = sorted({k for (v, k) in stream if v == view.name})
+        if feast_keys is not None and len(keys) > feast_keys:
+            keys = sorted(rng.sample(keys, feast_keys))
+        if not keys:
+            continue
+        refs = [f"{view.name}:{n}" for n in view.feature_names]
+        online = feast_repo.read_online(store, refs, [{key: k} for k in keys], registry)
+        entity_df = pd.DataFrame({key: keys, "event_timestamp": pd.Series([at] * len(keys)).astype(
+            "datetime64[us, UTC]")})
+        offline_df = feast_training_set(store, entity_df, refs, registry=registry)
+        feast["keys"] += len(keys)
+        for i, row in enumerate(online):
+            for f in view.features:
+                value = offline_df[f.name].iloc[i]
+                value = _python(value, f)
+                feast["compared"] += 1
+                if not same(row[f.name], value, f.dtype):
+                    feast["mismatched"] += 1
+                    if feast["mismatched"] <= 3:
+                        progress(f"   MISMATCH Feast {view.name}:{f.name} {keys[i]}: online {row[f.name]!r}, "
+                                 f"offline {value!r}")
+    seconds["feast"] = round(time.perf_counter() - t0, 2)
+
+    ref_drops = {d.value: ref.drops.get(d, 0) for d in Drop}
+    drops = {"reference": ref_drops,
+             "spark": {k: v for k, v in spark_report.dropped.items() if k in ref_drops},
+             "bytewax": {k: v for k, v in stream_report.dropped.items() if k in ref_drops}}
+    return ParityReport(events=table.num_rows, end=end, features=features, drops=drops, feast=feast,
+                        seconds=seconds, workers=workers)
+
+
+def _python(value: Any, f: spec.Feature) -> Any:
+    """A pandas cell as the spec's Python value."""
+    import pandas as pd
+
+    if f.dtype == "array<string>":
+        return None if value is None else [str(v) for v in value]
+    if value is None or (not isinstance(value, list) and pd.isna(value)):
+        return None
+    if f.dtype == "timestamp":
+        return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
+    if f.dtype == "int64":
+        return int(value)
+    if f.dtype == "float64":
+        return float(value)
+    if f.dtype == "bool":
+        return bool(value)
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipelines.parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--days", type=int, default=6)
+    p.add_argument("--start", default="2026-10-28T00:00:00Z", help="crosses the October/November boundary")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reference-keys", type=int, default=200, help="keys per view checked against the reference")
+    p.add_argument("--data-dir", type=Path, default=None, help="default: settings' data_dir/parity-run")
+    a = p.parse_args(argv)
+    from features.events import parse_time
+    from pipelines.simulator import SimulationConfig, simulate_to_dir
+
+    base = load_settings()
+    data_dir = a.data_dir or base.data_path / "parity-run"
+    online = base.online_store.model_dump()
+    if base.online_store.type == "sqlite":  # a store of its own, beside the run's data
+        online["path"] = str(data_dir / "online.db")
+    settings = load_settings(data_dir=data_dir, online_store=online)
+    shutil.rmtree(settings.data_path, ignore_errors=True)
+    cfg = SimulationConfig.from_settings(settings, users=a.users, days=a.days, start=parse_time(a.start),
+                                         duplicate_rate=0.05, out_of_order_rate=0.15, late_rate=0.05)
+    sim = simulate_to_dir(cfg, settings.data_path)
+    print(f"== Parity: {sim.rows:,} simulated events ({a.users} users x {a.days} days from {a.start}), injected "
+          + ", ".join(f"{k} {v:,}" for k, v in sim.anomalies.items()))
+    report = run_parity(settings, workers=a.workers, reference_keys=a.reference_keys)
+    print("\n".join(report.lines()))
+    path = settings.data_path / "parity" / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=1, default=str))
+    print(f"\n{report.mismatches} disagreements -> {path}")
+    if report.mismatches:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
