@@ -10,8 +10,9 @@ and dtypes from :mod:`features.spec`.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -40,13 +41,19 @@ class FeatureBuilder(ABC, Generic[Events, Rows]):
         self.settings = settings
         self.registry = registry
         self.rules = EventRules(allowed_lateness=settings.events.allowed_lateness)
+        self.progress: Callable[[str], None] = lambda _message: None  # e.g. ``print``: one line per finished step
 
     def build(self, source: Events, views: Sequence[FeatureView] | None = None) -> BuildReport:
         report = BuildReport()
+        t0 = time.perf_counter()
         events = self.admit(self.validate(source, report), report)
+        dropped = ", ".join(f"{k} {v:,}" for k, v in report.dropped.items() if v)
+        self.progress(f"validated and admitted events ({time.perf_counter() - t0:.1f}s); not counted: {dropped or '-'}")
         for view in views or self.registry.views:
+            t0 = time.perf_counter()
             rows = self.aggregate(view, self.key_by_entity(view, events))
             report.views[view.name] = self.write(view, rows)
+            self.progress(f"{view.name}: {report.views[view.name]:,} change points ({time.perf_counter() - t0:.1f}s)")
         return report
 
     @abstractmethod

@@ -1,21 +1,27 @@
 """``make demo``: the main job end to end on the embedded defaults.
 
-Simulate -> validate (dead letters) -> reference features -> Feast apply ->
-online write/read through a feature service. Each step prints what it did and how
-long it took; later issues add the engines, training and serving to this story.
+Simulate -> validate (dead letters) -> Spark backfill and a point-in-time training
+set (checked against the reference) -> Bytewax replay into the Feast online store
+and batch/stream parity -> an online read through a feature service -> training.
+Each step prints what it did and how long it took.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import shutil
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
+
+import pandas as pd
 
 from conf.settings import Settings, load_settings
 from features.reference import Reference
@@ -96,42 +102,85 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
             print(f"     {entry['payload'].get('event_id')}: {errs}")
         summary["dead_lettered"] = report.rejected
 
-    with step("3. Features at three moments the seeds care about, from the reference implementation"):
-        ref = Reference(good, rules=EventRules(allowed_lateness=settings.events.allowed_lateness))
-        print("   not counted: " + ", ".join(f"{k} {v:,}" for k, v in sorted(ref.drops.items())))
-        service = REGISTRY.service("purchase_propensity_v1")
-        rows = []
-        for label, (user, session, at) in pick_moments(ref).items():
-            row = ref.service_row(service, {"user_id": user, "session_id": session}, at)
-            rows.append({"who": label, "user_id": user, "session_id": session, "as_of": at, **row})
-        print(f"   {'':40s} " + "  ".join(f"{r['who']:>22s}" for r in rows))
-        print(f"   {'as of':40s} " + "  ".join(f"{fmt(r['as_of']):>22s}" for r in rows))
-        for name in SHOWN_FEATURES:
-            print(f"   {name:40s} " + "  ".join(f"{fmt(r[name]):>22s}" for r in rows))
+    with step("3. Spark: backfill every feature view, then a point-in-time training set"):
+        from pipelines.parity import parity_end
+        from pipelines.spark_builder import SparkFeatureBuilder, to_pandas
 
-    with step("4. Feast: generate the repo from the specs, apply, write and read online"):
+        ref = Reference(good, rules=EventRules(allowed_lateness=settings.events.allowed_lateness))
+        end = parity_end(settings)
+        builder = SparkFeatureBuilder(settings)
+        builder.progress = lambda message: print(f"   spark: {message}", flush=True)
+        print(f"   spark {settings.spark.master}: building [start of log, {end:%Y-%m-%d %H:%M}) into "
+              f"{settings.offline_path}", flush=True)
+        built = builder.backfill(None, end)
+        print(f"   {sum(built.views.values()):,} change points in {built.seconds:.1f}s "
+              f"({summary['events'] / built.seconds:,.0f} events/s)")
+        service = REGISTRY.service("purchase_propensity_v1")
+        moments = pick_moments(ref)
+        entity_df = decision_points(ref, moments, n=2000)
+        t0 = time.perf_counter()
+        training = to_pandas(builder.training_set(entity_df, service)).sort_values("qid").reset_index(drop=True)
+        print(f"   training set: {len(training):,} decision points x {len(service.feature_refs)} features of "
+              f"'{service.name}', as of each point, in {time.perf_counter() - t0:.1f}s")
+        checked = training.head(len(moments) + 300).to_dict("records")
+        names = [r.split(":")[1] for r in service.feature_refs]
+        bad = [(r["who"], n, r[n], want[n]) for r in checked
+               for want in [ref.service_row(service, {"user_id": r["user_id"], "session_id": r["session_id"]},
+                                            r["event_timestamp"].to_pydatetime())]
+               for n in names if not same_value(r[n], want[n])]
+        for who, name, got, want in bad[:5]:
+            print(f"   MISMATCH {who} {name}: spark {got!r}, reference {want!r}")
+        print(f"   {len(checked)} rows x {len(names)} features checked: {len(bad)} mismatches against the reference")
+        summary["training_mismatches"] = len(bad)
+        rows = training.head(len(moments)).to_dict("records")
+        print(f"\n   {'':40s} " + "  ".join(f"{r['who']:>22s}" for r in rows))
+        print(f"   {'as of':40s} " + "  ".join(f"{fmt(r['event_timestamp'].to_pydatetime()):>22s}" for r in rows))
+        for name in SHOWN_FEATURES:
+            print(f"   {name:40s} " + "  ".join(f"{fmt(plain(r[name])):>22s}" for r in rows))
+
+    with step("4. Bytewax: replay the log into the Feast online store, then batch/stream parity"):
+        from pipelines.parity import run_parity
+
+        parity = run_parity(settings, spark=builder.spark, built=built, workers=1, reference_keys=100,
+                            feast_keys=200, progress=print)
+        by_view: dict[str, list[int]] = {}
+        for f in parity.features:
+            acc = by_view.setdefault(f.view, [0, 0, 0, 0, 0])
+            acc[0] += 1
+            acc[1] += f.compared
+            acc[2] += f.mismatched + f.reference_mismatched
+            acc[3], acc[4] = f.missing, f.extra
+        print(f"   {'view':18s} {'features':>8s} {'values compared':>16s} {'mismatched':>10s} {'missing':>8s} "
+              f"{'extra':>6s}")
+        for view, (n, compared, mismatched, missing, extra) in by_view.items():
+            print(f"   {view:18s} {n:8d} {compared:16,d} {mismatched:10,d} {missing:8,d} {extra:6,d}")
+        print("   " + "\n   ".join(parity.lines()[-6:]))
+        print(f"   {parity.mismatches} disagreements between the reference, Spark, Bytewax and Feast "
+              f"(full per-feature report: make parity)")
+        summary["parity_mismatches"] = parity.mismatches
+
+    with step("5. Serving preview: Feast online read through a feature service, against the reference"):
         from pipelines import feast_repo
 
-        store_ = feast_repo.apply(settings)
+        store_ = feast_repo.feature_store(settings)
         print(f"   registered {len(store_.list_entities())} entities, {len(store_.list_feature_views())} feature "
               f"views, {len(store_.list_on_demand_feature_views())} on-demand views, "
               f"{len(store_.list_feature_services())} feature services")
-        for view in REGISTRY.views:
-            view_rows = []
-            for r in rows:
-                key = r[view.entity.join_key]
-                view_rows.append({view.entity.join_key: key, "event_timestamp": r["as_of"],
-                                  **ref.features(view, key, r["as_of"])})
-            feast_repo.write_online(store_, view, view_rows)
-        online = feast_repo.read_online(store_, service, [
-            {"user_id": r["user_id"], "session_id": r["session_id"], "request_time": r["as_of"]} for r in rows])
-        diffs = [(r["who"], n, r[n], o[n]) for r, o in zip(rows, online, strict=True) for n in o if r[n] != o[n]]
+        at = end - timedelta(microseconds=1)
+        keys = [{"user_id": u, "session_id": s_} for u, s_, _ in moments.values()]
+        t0 = time.perf_counter()
+        online = feast_repo.read_online(store_, service, [{**k, "request_time": at} for k in keys])
+        ms = (time.perf_counter() - t0) * 1000
+        diffs = [(who, n, want[n], got[n]) for who, k, got in zip(moments, keys, online, strict=True)
+                 for want in [ref.service_row(service, k, at)] for n in got if not same_value(got[n], want[n])]
         for who, name, want, got in diffs:
             print(f"   MISMATCH {who} {name}: reference {want!r}, online {got!r}")
-        mismatches = len(diffs)
-        print(f"   online read of {len(service.feature_refs)} features x {len(rows)} users through "
-              f"'{service.name}': {mismatches} mismatches against the reference")
-        summary["online_mismatches"] = mismatches
+        print(f"   as of {at:%Y-%m-%d %H:%M:%S} (after the stream), " + ", ".join(
+            f"{who}: spend_30d {fmt(o['user_total_spend_30d'])}, cart idle {fmt(o['session_cart_idle_seconds'])}s"
+            for who, o in zip(moments, online, strict=True)))
+        print(f"   online read of {len(service.feature_refs)} features x {len(keys)} users through "
+              f"'{service.name}' in {ms:.0f} ms: {len(diffs)} mismatches against the reference")
+        summary["online_mismatches"] = len(diffs)
     return summary
 
 
@@ -162,7 +211,43 @@ def pick_moments(ref: Reference) -> dict[str, tuple[str, str, datetime]]:
     }
 
 
+def decision_points(ref: Reference, moments: dict[str, tuple[str, str, datetime]], *, n: int,
+                    seed: int = 7) -> pd.DataFrame:
+    """The seeds' three moments, then ``n`` moments inside sessions (an event's arrival plus up to 10 minutes)."""
+    rng = random.Random(seed)
+    in_sessions = [e for e in ref.events if e["session_id"] is not None]
+    rows = [{"who": who, "user_id": u, "session_id": s, "event_timestamp": t} for who, (u, s, t) in moments.items()]
+    for e in rng.sample(in_sessions, min(n, len(in_sessions))):
+        at = e["ingest_time"] + timedelta(seconds=rng.uniform(0, 600))
+        rows.append({"who": "sampled", "user_id": e["user_id"], "session_id": e["session_id"], "event_timestamp": at})
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "qid", range(len(frame)))  # the join does not keep row order
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
+    return frame
+
+
+def plain(value: Any) -> Any:
+    """A pandas cell as a plain Python value (for printing and comparing)."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if hasattr(value, "tolist") and not isinstance(value, pd.Timestamp):
+        return value.tolist()  # numpy arrays and scalars
+    if value is None or pd.isna(value):
+        return None  # NaT, NaN
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    a, b = plain(a), plain(b)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning, module="dask")  # Feast's file store, not ours
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=400)
     parser.add_argument("--days", type=int, default=10)
@@ -172,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     summary = run(settings, users=args.users, days=args.days)
     print(f"\nDone in {time.perf_counter() - t0:.1f}s: " + json.dumps(summary))
-    if summary["online_mismatches"]:
-        raise SystemExit("online values differ from the reference")
+    if summary["online_mismatches"] or summary["training_mismatches"] or summary["parity_mismatches"]:
+        raise SystemExit("the engines disagree with the reference")
 
 
 if __name__ == "__main__":
