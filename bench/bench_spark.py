@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from bench.common import PeakRss, write_result
-from conf.settings import load_settings
+from conf.settings import Settings, load_settings
 from features.registry import REGISTRY
 from pipelines import feast_repo
 from pipelines.simulator import SimulationConfig, simulate_to_dir
@@ -68,6 +69,37 @@ def disagreements(ours: pd.DataFrame, theirs: pd.DataFrame, names: list[str], sa
     return sum(not _equal(x, y) for n in names for x, y in zip(a[n], b[n], strict=True))
 
 
+def bench_settings(work: Path) -> Settings:
+    """The settings (environment and YAML, then the work directory); the Feast child rebuilds the same."""
+    return load_settings(data_dir=work / "data", online_store={"type": "sqlite", "path": str(work / "online.db")})
+
+
+def _feast_child(work: str, entity_path: str, out_path: str) -> None:
+    """Feast's training set in a child process (so a slow or out-of-memory run can be bounded and reported)."""
+    settings = bench_settings(Path(work))
+    store = feast_repo.feature_store(settings)
+    theirs = feast_training_set(store, pd.read_parquet(entity_path), REGISTRY.service(SERVICE))
+    theirs.to_parquet(out_path)
+
+
+def feast_in_child(work: Path, entity_df: pd.DataFrame, out: Path, timeout: float
+                   ) -> tuple[pd.DataFrame | None, str | None]:
+    """(Feast's frame, None), or (None, what went wrong: an exception, a kill, the time limit)."""
+    entity_path = out.with_name("feast_entities.parquet")
+    entity_df.to_parquet(entity_path)
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_feast_child, args=(str(work), str(entity_path), str(out)))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        return None, f"did not finish within {timeout:.0f}s (killed)"
+    if proc.exitcode != 0:
+        return None, f"child process exited with {proc.exitcode} (negative: killed by signal, e.g. -9 out of memory)"
+    return pd.read_parquet(out), None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=10_000_000, help="target number of events")
@@ -77,13 +109,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feast-rows", type=int, default=None,
                    help="run Feast on only the first N training rows (default: all; it may not fit at scale)")
     p.add_argument("--skip-feast", action="store_true")
+    p.add_argument("--feast-timeout", type=float, default=1800.0,
+                   help="seconds Feast's store gets (a child process, killed after it; the result says so)")
     p.add_argument("--check-rows", type=int, default=5000, help="rows compared between the two training sets")
     p.add_argument("--result-name", default="spark", help="bench/results/<name>.json")
     p.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one, removed)")
     a = p.parse_args(argv)
 
     work = a.work or Path(tempfile.mkdtemp(prefix="kairos-bench-spark-"))
-    settings = load_settings(data_dir=work / "data", online_store={"type": "sqlite", "path": str(work / "online.db")})
+    settings = bench_settings(work)
     result: dict[str, Any] = {"spark": settings.spark.model_dump(), "service": SERVICE,
                               "load_average_1m_at_start": round(os.getloadavg()[0], 2)}
     try:
@@ -108,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             "rows_written": report.views, "rows_written_per_second": round(rows_out / report.seconds),
             "dropped": report.dropped, "peak_rss_mib": round(mem.peak_mib)}
         print(f"build: {n_events:,} events in {report.seconds:.1f}s = {n_events / report.seconds:,.0f} events/s; "
-              f"{rows_out:,} rows; peak RSS {mem.peak_mib:,.0f} MiB; dropped {report.dropped}")
+              f"{rows_out:,} rows; peak RSS {mem.peak_mib:,.0f} MiB; dropped {report.dropped}", flush=True)
 
         # ---- training set: ours
         service = REGISTRY.service(SERVICE)
@@ -125,31 +159,33 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(ours_s, 2), "rows_per_second": round(len(entity_df) / ours_s),
             "peak_rss_mib": round(mem.peak_mib)}}
         print(f"training set (ours): {len(entity_df):,} rows x {len(names)} features in {ours_s:.1f}s = "
-              f"{len(entity_df) / ours_s:,.0f} rows/s; peak RSS {mem.peak_mib:,.0f} MiB")
+              f"{len(entity_df) / ours_s:,.0f} rows/s; peak RSS {mem.peak_mib:,.0f} MiB", flush=True)
+        write_result(a.result_name, result)  # kept if Feast's store below runs out of memory or is killed
 
         # ---- training set: Feast's offline store
         if not a.skip_feast:
-            store = feast_repo.apply(settings)
+            feast_repo.apply(settings)
             subset = entity_df.head(a.feast_rows) if a.feast_rows else entity_df
             with PeakRss() as mem:
                 t0 = time.perf_counter()
-                try:
-                    theirs = feast_training_set(store, subset, service)
-                    error = None
-                except Exception as e:  # report, do not hide: Feast's store may fail or run out of memory
-                    theirs, error = None, f"{type(e).__name__}: {str(e)[:300]}"
+                theirs, error = feast_in_child(work, subset, work / "feast_out.parquet", a.feast_timeout)
                 feast_s = time.perf_counter() - t0
             feast: dict[str, Any] = {
                 "engine": f"Feast get_historical_features, offline store {settings.offline_store.type!r} "
                           "(one call per view; see pipelines.spark_builder.feast_training_set)",
-                "rows": len(subset), "seconds": round(feast_s, 2), "rows_per_second": round(len(subset) / feast_s),
+                "rows": len(subset), "seconds": round(feast_s, 2), "timeout_s": a.feast_timeout,
+                "rows_per_second": round(len(subset) / feast_s) if error is None else None,
+                "rows_per_second_at_most": round(len(subset) / feast_s, 2),
                 "peak_rss_mib": round(mem.peak_mib), "error": error}
             if theirs is not None:
                 check = min(a.check_rows, len(subset))
                 feast["cells_compared"] = check * len(names)
                 feast["cells_disagreeing"] = disagreements(ours[ours["qid"] < len(subset)], theirs, names, check)
+            timed_out = error is not None and error.startswith("did not finish")
+            if error is None or timed_out:  # a timed-out Feast run still bounds the speed-up from below
                 ours_rate = len(entity_df) / ours_s
                 result["speedup_rows_per_second"] = round(ours_rate / (len(subset) / feast_s), 2)
+                result["speedup_is_lower_bound"] = timed_out
             result["training_set"]["feast"] = feast
             print(f"training set (Feast): {len(subset):,} rows in {feast_s:.1f}s = "
                   f"{len(subset) / feast_s:,.0f} rows/s; peak RSS {mem.peak_mib:,.0f} MiB; error={error}; "
