@@ -75,8 +75,89 @@ class StreamSettings(_Section):
 
 
 class MlflowSettings(_Section):
+    """Where runs, artifacts and registered models live.
+
+    ``tracking_uri`` is a database URI (``sqlite:///...``, ``postgresql://...``) or an
+    MLflow server URL (``http(s)://...``). ``{data_dir}`` in ``tracking_uri``,
+    ``registry_uri`` and ``artifact_location`` stands for :attr:`Settings.data_path`,
+    and a relative ``sqlite:///`` path is resolved against the repository root, like
+    every other relative path (see :meth:`Settings.mlflow_tracking_uri`).
+    """
+
     tracking_uri: str = "sqlite:///var/data/mlflow.db"
     registry_uri: str = ""
+    # Artifact root of new experiments. Empty: ``<data_path>/mlartifacts`` for a local
+    # (sqlite/file) store, the server's own default for an MLflow server.
+    artifact_location: str = ""
+    experiment_prefix: str = "kairos"  # experiments are named <prefix>/<model>
+    registered_model_prefix: str = "kairos"  # registered models are named <prefix>-<model>
+
+
+class ModelTrainingSettings(_Section):
+    """One model: its feature service, label horizon, label-rate band and validation limits."""
+
+    feature_service: str
+    horizon: timedelta
+    # train rows end this long before the first test row, so no train label looks into the test period
+    embargo: timedelta
+    label_rate_min: float = Field(ge=0, le=1)
+    label_rate_max: float = Field(ge=0, le=1)
+    max_null_rate: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("horizon", "embargo", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class ChurnTrainingSettings(ModelTrainingSettings):
+    # "simulator": the user stops for good within the horizon (the simulator's churn_stop, from the truth);
+    # "inactivity": no activity for ``inactivity`` after the session of the decision point (from the log)
+    label: Literal["simulator", "inactivity"] = "simulator"
+    inactivity: timedelta = timedelta(days=14)
+
+    @field_validator("inactivity", mode="before")
+    @classmethod
+    def _inactivity(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class XGBoostSettings(_Section):
+    max_rounds: int = Field(default=600, ge=1)
+    early_stopping_rounds: int = Field(default=40, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    max_depth: list[int] = Field(default_factory=lambda: [2, 3, 4])  # a small grid, chosen by cross-validation
+    min_child_weight: list[float] = Field(default_factory=lambda: [10.0, 50.0])
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.5, gt=0, le=1)
+    reg_lambda: float = Field(default=5.0, ge=0)
+    nthread: int = Field(default=2, ge=1)
+
+
+class TrainingSettings(_Section):
+    seed: int = 7
+    # decision points sampled per session, at the moments of its events (0: every event of the session)
+    decision_points_per_session: int = Field(default=4, ge=0)
+    test_fraction: float = Field(default=0.3, gt=0, lt=1)  # the latest share of decision time is the holdout
+    cv_folds: int = Field(default=3, ge=2)  # forward-chaining folds inside the train period
+    promotion_metric: Literal["auc", "pr_auc"] = "auc"
+    promotion_margin: float = Field(default=0.002, ge=0)  # a challenger must beat the champion by this much
+    calibration_bins: int = Field(default=10, ge=2)
+    # calendar features are left out while the train period is shorter than this (each weekday seen too rarely)
+    calendar_features: list[str] = Field(default_factory=lambda: ["request_day_of_week"])
+    calendar_min_span: timedelta = timedelta(days=21)
+    purchase: ModelTrainingSettings = ModelTrainingSettings(
+        feature_service="purchase_propensity_v1", horizon=timedelta(hours=24), embargo=timedelta(hours=24),
+        label_rate_min=0.01, label_rate_max=0.5)
+    churn: ChurnTrainingSettings = ChurnTrainingSettings(
+        feature_service="churn_v1", horizon=timedelta(days=7), embargo=timedelta(days=1),
+        label_rate_min=0.01, label_rate_max=0.6)
+    xgboost: XGBoostSettings = XGBoostSettings()
+
+    @field_validator("calendar_min_span", mode="before")
+    @classmethod
+    def _span(cls, v: Any) -> timedelta:
+        return parse_duration(v)
 
 
 class SimulatorSettings(_Section):
@@ -128,6 +209,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     mlflow: MlflowSettings = MlflowSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -169,6 +251,42 @@ class Settings(BaseSettings):
     @property
     def online_store_path(self) -> Path:
         return self.resolve(self.online_store.path)
+
+    @property
+    def truth_path(self) -> Path:
+        """The simulator's latent truth, written beside the events."""
+        return self.data_path / "truth"
+
+    @property
+    def validation_docs_path(self) -> Path:
+        """Great Expectations Data Docs (HTML)."""
+        return self.data_path / "validation" / "docs"
+
+    def _mlflow_uri(self, uri: str) -> str:
+        uri = uri.replace("{data_dir}", str(self.data_path))
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/") and not uri.endswith(":memory:"):
+            uri = prefix + str(self.resolve(uri[len(prefix):]))
+        return uri
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """``mlflow.tracking_uri`` with ``{data_dir}`` filled in and a relative sqlite path made absolute."""
+        return self._mlflow_uri(self.mlflow.tracking_uri)
+
+    @property
+    def mlflow_registry_uri(self) -> str:
+        """``mlflow.registry_uri`` resolved the same way; empty means the tracking URI."""
+        return self._mlflow_uri(self.mlflow.registry_uri) if self.mlflow.registry_uri else self.mlflow_tracking_uri
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Artifact root for new experiments, or ``None`` to leave it to an MLflow server."""
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location.replace("{data_dir}", str(self.data_path))
+        if self.mlflow_tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.mlflow_tracking_uri:
+            return (self.data_path / "mlartifacts").as_uri()
+        return None
 
 
 def load_settings(**overrides: Any) -> Settings:
