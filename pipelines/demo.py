@@ -181,6 +181,14 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
         print(f"   online read of {len(service.feature_refs)} features x {len(keys)} users through "
               f"'{service.name}' in {ms:.0f} ms: {len(diffs)} mismatches against the reference")
         summary["online_mismatches"] = len(diffs)
+
+    with step("6. Train purchase propensity and churn: XGBoost vs baselines, MLflow, champion/challenger"):
+        from training.pipeline import train_all
+
+        trained = train_all(settings, builder=builder, progress=lambda message: print(f"   {message}", flush=True))
+        print("   " + "\n   ".join(trained.lines()))
+        summary["models"] = {name: {"auc": {k: round(v, 4) for k, v in r.auc.items()}, "alias": r.alias,
+                                    "beats_baselines": r.beats_baselines} for name, r in trained.models.items()}
     return summary
 
 
