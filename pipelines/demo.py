@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -256,6 +257,7 @@ def same_value(a: Any, b: Any) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="dask")  # Feast's file store, not ours
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the demo prints what MLflow recorded itself
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=400)
     parser.add_argument("--days", type=int, default=10)
