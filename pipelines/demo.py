@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -28,7 +27,9 @@ from conf.settings import Settings, load_settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
+from features.spec import Feature
 from pipelines.eventlog import DeadLetterStore, read_parquet, table_to_records, validate_records
+from pipelines.parity import cell_value, same
 
 SHOWN_FEATURES = (
     "user_total_spend_30d",
@@ -123,21 +124,22 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
         training = to_pandas(builder.training_set(entity_df, service)).sort_values("qid").reset_index(drop=True)
         print(f"   training set: {len(training):,} decision points x {len(service.feature_refs)} features of "
               f"'{service.name}', as of each point, in {time.perf_counter() - t0:.1f}s")
-        checked = training.head(len(moments) + 300).to_dict("records")
-        names = [r.split(":")[1] for r in service.feature_refs]
+        served = {f.name: f for v in service.views for f in v.features}
+        checked = [spec_row(r, served) for r in training.head(len(moments) + 300).to_dict("records")]
+        names = list(served)
         bad = [(r["who"], n, r[n], want[n]) for r in checked
                for want in [ref.service_row(service, {"user_id": r["user_id"], "session_id": r["session_id"]},
                                             r["event_timestamp"].to_pydatetime())]
-               for n in names if not same_value(r[n], want[n])]
+               for n in names if not same(r[n], want[n], served[n].dtype)]
         for who, name, got, want in bad[:5]:
             print(f"   MISMATCH {who} {name}: spark {got!r}, reference {want!r}")
         print(f"   {len(checked)} rows x {len(names)} features checked: {len(bad)} mismatches against the reference")
         summary["training_mismatches"] = len(bad)
-        rows = training.head(len(moments)).to_dict("records")
+        rows = checked[:len(moments)]
         print(f"\n   {'':40s} " + "  ".join(f"{r['who']:>22s}" for r in rows))
         print(f"   {'as of':40s} " + "  ".join(f"{fmt(r['event_timestamp'].to_pydatetime()):>22s}" for r in rows))
         for name in SHOWN_FEATURES:
-            print(f"   {name:40s} " + "  ".join(f"{fmt(plain(r[name])):>22s}" for r in rows))
+            print(f"   {name:40s} " + "  ".join(f"{fmt(r[name]):>22s}" for r in rows))
 
     with step("4. Bytewax: replay the log into the Feast online store, then batch/stream parity"):
         from pipelines.parity import run_parity
@@ -173,7 +175,8 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
         online = feast_repo.read_online(store_, service, [{**k, "request_time": at} for k in keys])
         ms = (time.perf_counter() - t0) * 1000
         diffs = [(who, n, want[n], got[n]) for who, k, got in zip(moments, keys, online, strict=True)
-                 for want in [ref.service_row(service, k, at)] for n in got if not same_value(got[n], want[n])]
+                 for want in [ref.service_row(service, k, at)]
+                 for n in got if not same(got[n], want[n], served[n].dtype)]
         for who, name, want, got in diffs:
             print(f"   MISMATCH {who} {name}: reference {want!r}, online {got!r}")
         print(f"   as of {at:%Y-%m-%d %H:%M:%S} (after the stream), " + ", ".join(
@@ -235,24 +238,9 @@ def decision_points(ref: Reference, moments: dict[str, tuple[str, str, datetime]
     return frame
 
 
-def plain(value: Any) -> Any:
-    """A pandas cell as a plain Python value (for printing and comparing)."""
-    if isinstance(value, list | tuple):
-        return list(value)
-    if hasattr(value, "tolist") and not isinstance(value, pd.Timestamp):
-        return value.tolist()  # numpy arrays and scalars
-    if value is None or pd.isna(value):
-        return None  # NaT, NaN
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    return value
-
-
-def same_value(a: Any, b: Any) -> bool:
-    a, b = plain(a), plain(b)
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
+def spec_row(record: dict[str, Any], features: dict[str, Feature]) -> dict[str, Any]:
+    """A training-set row (pandas cells) with spec-typed Python values for ``features``."""
+    return {**record, **{n: cell_value(record[n], f) for n, f in features.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

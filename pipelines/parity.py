@@ -63,11 +63,12 @@ FLOAT_TOLERANCE = 1e-9
 Timeline = tuple[list[datetime], list[dict[str, Any]]]
 
 
-def same(a: Any, b: Any, dtype: str) -> bool:
-    """Equal as the spec's dtype: floats within 1e-9 (absolute or relative), lists element-wise."""
+def same(a: Any, b: Any, dtype: str | None = None) -> bool:
+    """The parity tolerance (features/SEMANTICS.md), in one place: floats within 1e-9 (absolute or relative),
+    arrays element-wise, all else equal. ``dtype`` (the spec's) compares numbers of a float feature as floats."""
     if a is None or b is None:
         return a is None and b is None
-    if dtype == "float64":
+    if dtype == "float64" or (isinstance(a, float) and isinstance(b, float)):
         fa, fb = float(a), float(b)
         return fa == fb or math.isclose(fa, fb, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
     if dtype == "array<string>":
@@ -209,9 +210,11 @@ def _next_midnight(t: datetime) -> datetime:
 
 def parity_end(settings: Settings) -> datetime:
     """Where both engines stop: the UTC midnight after the last arrival in ``settings.events_path``."""
-    from pipelines.eventlog import read_parquet
+    import pyarrow.compute as pc
 
-    return _next_midnight(max(read_parquet(settings.events_path).column("ingest_time").to_pylist()))
+    arrivals = ds.dataset(str(settings.events_path), format="parquet", partitioning="hive").to_table(
+        columns=["ingest_time"]).column("ingest_time")
+    return _next_midnight(pc.max(arrivals).as_py().astimezone(UTC))
 
 
 def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: BuildReport | None = None,
@@ -226,14 +229,20 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     backfill of ``[-inf, parity_end(settings))`` already run on this log (not run again).
     """
     from pipelines import feast_repo
-    from pipelines.bytewax_builder import BytewaxFeatureBuilder, StreamClock, StreamOutputs, read_changelog
+    from pipelines.bytewax_builder import (
+        BytewaxFeatureBuilder,
+        JsonlReplaySource,
+        StreamClock,
+        StreamOutputs,
+        read_changelog,
+    )
     from pipelines.eventlog import read_parquet, table_to_records
     from pipelines.simulator import write_stream
     from pipelines.spark_builder import SparkFeatureBuilder, feast_training_set
 
     seconds: dict[str, float] = {}
     table = read_parquet(settings.events_path)
-    end = _next_midnight(max(table.column("ingest_time").to_pylist()))
+    end = parity_end(settings)
     rules = EventRules(allowed_lateness=settings.events.allowed_lateness)
 
     if built is None:
@@ -252,8 +261,6 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
             shutil.rmtree(d, ignore_errors=True)
     store = feast_repo.apply(settings)
     t0 = time.perf_counter()
-    from pipelines.bytewax_builder import JsonlReplaySource
-
     builder = BytewaxFeatureBuilder(settings, registry, clock=StreamClock(until=end - timedelta(microseconds=1)),
                                     outputs=out)
     stream_report = builder.run(JsonlReplaySource(replay), workers=workers)
@@ -306,7 +313,7 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
         for i, row in enumerate(online):
             for f in view.features:
                 value = offline_df[f.name].iloc[i]
-                value = _python(value, f)
+                value = cell_value(value, f)
                 feast["compared"] += 1
                 if not same(row[f.name], value, f.dtype):
                     feast["mismatched"] += 1
@@ -323,8 +330,8 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
                         seconds=seconds, workers=workers)
 
 
-def _python(value: Any, f: spec.Feature) -> Any:
-    """A pandas cell as the spec's Python value."""
+def cell_value(value: Any, f: spec.Feature) -> Any:
+    """A pandas cell as the spec's Python value; a null stays ``None`` (no default), so nulls are seen."""
     import pandas as pd
 
     if f.dtype == "array<string>":

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-TOLERANCE = 1e-9
+from pipelines import parity
+from pipelines.parity import FLOAT_TOLERANCE as TOLERANCE
+
+__all__ = ["TOLERANCE", "same", "same_typed"]
 
 
 def same(a: Any, b: Any) -> bool:
-    """Equal, with floats compared within the parity tolerance (features/SEMANTICS.md)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
-    return bool(a == b)
+    """Equal, with floats compared within the parity tolerance (features/SEMANTICS.md); ``make parity``'s rule."""
+    return parity.same(a, b)
 
 
 def same_typed(a: Any, b: Any) -> bool:
