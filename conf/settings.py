@@ -103,6 +103,8 @@ class ModelTrainingSettings(_Section):
     label_rate_min: float = Field(ge=0, le=1)
     label_rate_max: float = Field(ge=0, le=1)
     max_null_rate: float = Field(default=0.0, ge=0, le=1)
+    # features of the service the model leaves out, each with the reason (recorded in the run)
+    exclude_features: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("horizon", "embargo", mode="before")
     @classmethod

@@ -88,6 +88,15 @@ def _items_in_cart(entity: str) -> Derived:
                    description=f"Units the {entity} added to cart in 24 hours and neither removed nor bought")
 
 
+def _weekly_change(name: str, last_7d: str, last_30d: str, what: str) -> Derived:
+    """``last_7d`` against the weekly rate of the 23 days before it: -0.5 = halved; 0 without earlier ones."""
+    prior_week = (col(last_30d) - col(last_7d)) * (7 / 23)
+    return Derived(name=name, dtype="float64", default=0.0, min_value=-1.0,
+                   expr=coalesce((col(last_7d) - prior_week) / prior_week, 0.0),
+                   description=f"Relative change of the 7-day {what} count against the prior weekly rate "
+                               f"(-0.5 = {what}s halved; 0 without prior {what}s)")
+
+
 # --------------------------------------------------------------------------------------- user commerce
 USER_COMMERCE: Final = FeatureView(
     name="user_commerce",
@@ -107,6 +116,10 @@ USER_COMMERCE: Final = FeatureView(
                     event_types=frozenset({E.PURCHASE}), window=W30D, dtype="float64",
                     description="Largest order in the last 30 days (0 without orders)", default=0.0, min_value=0.0),
         _count("user_cart_adds_30d", {E.ADD_TO_CART}, W30D, "Add-to-cart events in the last 30 days"),
+        _count("user_product_views_30d", {E.PRODUCT_VIEW}, W30D, "Product views in the last 30 days"),
+        Aggregation(name="user_cart_sessions_30d", op=CountDistinct(), input=col("session_id"),
+                    event_types=frozenset({E.ADD_TO_CART}), window=W30D, dtype="int64", default=0, min_value=0,
+                    description="Sessions with at least one add-to-cart in the last 30 days"),
         _count("user_product_views_1h", {E.PRODUCT_VIEW}, W1H, "Product views in the last hour"),
         _count("user_product_views_24h", {E.PRODUCT_VIEW}, W24H, "Product views in the last 24 hours"),
         Aggregation(name="user_distinct_products_viewed_24h", op=CountDistinct(), input=col("product_id"),
@@ -133,6 +146,14 @@ USER_COMMERCE: Final = FeatureView(
         Derived(name="user_cart_conversion_30d", dtype="float64", min_value=0.0, default=0.0,
                 expr=coalesce(col("user_purchases_30d") / col("user_cart_adds_30d"), 0.0),
                 description="Orders per add-to-cart in 30 days (0 without adds)"),
+        # Intent, as the funnel shows it: how often a viewed product goes into the cart, and how often a
+        # session with a cart ends in an order.
+        Derived(name="user_cart_add_rate_30d", dtype="float64", min_value=0.0, default=0.0,
+                expr=coalesce(col("user_cart_adds_30d") / col("user_product_views_30d"), 0.0),
+                description="Add-to-carts per product view in 30 days (0 without views)"),
+        Derived(name="user_cart_session_conversion_30d", dtype="float64", min_value=0.0, default=0.0,
+                expr=coalesce(col("user_purchases_30d") / col("user_cart_sessions_30d"), 0.0),
+                description="Orders per session with a cart in 30 days (0 without such sessions)"),
         Derived(name="user_rfm_monetary_score_30d", dtype="float64", min_value=0.0, max_value=5.0, default=0.0,
                 expr=clip(ln1p(col("user_total_spend_30d")) * 0.75, 0.0, 5.0),
                 description="RFM monetary score: log of 30-day spend, 0-5"),
@@ -152,6 +173,12 @@ USER_ACCOUNT: Final = FeatureView(
     aggregations=(
         _count("user_logins_7d", {E.LOGIN}, W7D, "Logins in the last 7 days", tags=ACCOUNT),
         _count("user_logins_30d", {E.LOGIN}, W30D, "Logins in the last 30 days", tags=ACCOUNT),
+        _count("user_failed_logins_7d", {E.LOGIN}, W7D, "Failed logins in the last 7 days",
+               where=eq(col("success"), False)),
+        Aggregation(name="user_sessions_7d", op=CountDistinct(), input=col("session_id"), window=W7D,
+                    dtype="int64", default=0, min_value=0, description="Sessions in the last 7 days"),
+        Aggregation(name="user_sessions_30d", op=CountDistinct(), input=col("session_id"), window=W30D,
+                    dtype="int64", default=0, min_value=0, description="Sessions in the last 30 days"),
         _count("user_help_searches_24h", {E.HELP_SEARCH}, W24H, "Help searches in the last 24 hours"),
         _count("user_help_searches_7d", {E.HELP_SEARCH}, W7D, "Help searches in the last 7 days", tags=ACCOUNT),
         _count("user_feature_uses_7d", {E.FEATURE_USE}, W7D, "Product-feature uses in the last 7 days"),
@@ -166,19 +193,18 @@ USER_ACCOUNT: Final = FeatureView(
                     description="Highest completed onboarding step in 30 days (-1 if none)"),
         _count("user_form_abandons_24h", {E.FORM_STEP}, W24H, "Form steps left uncompleted in 24 hours",
                where=eq(col("completed"), False)),
+        Aggregation(name="user_first_seen_at_30d", op=Min(), input=col("event_time"), window=W30D,
+                    dtype="timestamp", default=None,
+                    description="The user's earliest event in the last 30 days (null if none)"),
         Aggregation(name="user_last_login_at_30d", op=Last(), input=col("event_time"),
                     event_types=frozenset({E.LOGIN}), window=W30D, dtype="timestamp", default=None,
                     description="Time of the latest login in 30 days (null if none)"),
     ),
     derived=(
-        # Logins in the last 7 days against the weekly rate of the 23 days before them.
-        Derived(name="user_login_freq_change_7d", dtype="float64", default=0.0, min_value=-1.0,
-                expr=coalesce(
-                    (col("user_logins_7d") - (col("user_logins_30d") - col("user_logins_7d")) * (7 / 23))
-                    / ((col("user_logins_30d") - col("user_logins_7d")) * (7 / 23)),
-                    0.0),
-                description="Relative change of the 7-day login count against the prior weekly rate "
-                            "(-0.5 = logins halved; 0 without prior logins)"),
+        # Logins and sessions in the last 7 days against the weekly rate of the 23 days before them:
+        # a churner's visits thin out before they stop.
+        _weekly_change("user_login_freq_change_7d", "user_logins_7d", "user_logins_30d", "login"),
+        _weekly_change("user_session_freq_change_7d", "user_sessions_7d", "user_sessions_30d", "session"),
     ),
 )
 
@@ -253,6 +279,36 @@ USER_RECENCY: Final = OnDemandView(
     ),
 )
 
+
+def _per_day(name: str, count: str, what: str) -> OnDemandFeature:
+    return OnDemandFeature(
+        name=name, dtype="float64", default=0.0, min_value=0.0,
+        expr=coalesce(col(count) / greatest(seconds_between(col("request_time"), col("user_first_seen_at_30d"))
+                                            / 86400.0, 1.0), 0.0),
+        description=f"{what} per day of the user's history in the last 30 days (at least 1 day)")
+
+
+# A 30-day count means one thing for a user seen for 30 days and another for one seen for 3: per day of
+# history they compare across tenure, and a model trained while histories were short still holds later.
+USER_ACTIVITY_RATES: Final = OnDemandView(
+    name="user_activity_rates",
+    sources=(USER_COMMERCE, USER_ACCOUNT),
+    request_fields=(REQUEST_TIME,),
+    description="30-day activity per day of the user's history in the window, at request time",
+    features=(
+        OnDemandFeature(name="user_days_observed_30d", dtype="float64", default=0.0, min_value=0.0, max_value=30.0,
+                        expr=clip(seconds_between(col("request_time"), col("user_first_seen_at_30d")) / 86400.0,
+                                  0.0, 30.0),
+                        description="Days since the user's earliest event in the last 30 days (0 if none)"),
+        _per_day("user_sessions_per_day_30d", "user_sessions_30d", "Sessions"),
+        _per_day("user_logins_per_day_30d", "user_logins_30d", "Logins"),
+        _per_day("user_product_views_per_day_30d", "user_product_views_30d", "Product views"),
+        _per_day("user_cart_adds_per_day_30d", "user_cart_adds_30d", "Add-to-cart events"),
+        _per_day("user_purchases_per_day_30d", "user_purchases_30d", "Orders"),
+        _per_day("user_spend_per_day_30d", "user_total_spend_30d", "Order value"),
+    ),
+)
+
 SESSION_CONTEXT: Final = OnDemandView(
     name="session_context",
     sources=(SESSION_ACTIVITY,),
@@ -281,13 +337,13 @@ SESSION_CONTEXT: Final = OnDemandView(
 PURCHASE_PROPENSITY_V1: Final = FeatureService(
     name="purchase_propensity_v1",
     description="Everything the purchase-propensity model reads",
-    views=(USER_COMMERCE, USER_ACCOUNT, SESSION_ACTIVITY, USER_RECENCY, SESSION_CONTEXT),
+    views=(USER_COMMERCE, USER_ACCOUNT, SESSION_ACTIVITY, USER_RECENCY, USER_ACTIVITY_RATES, SESSION_CONTEXT),
     tags={"model": "purchase_propensity"},
 )
 CHURN_V1: Final = FeatureService(
     name="churn_v1",
     description="Everything the churn model reads",
-    views=(USER_ACCOUNT, USER_COMMERCE, USER_RECENCY),
+    views=(USER_ACCOUNT, USER_COMMERCE, USER_RECENCY, USER_ACTIVITY_RATES),
     tags={"model": "churn"},
 )
 SESSION_TRIGGERS_V1: Final = FeatureService(

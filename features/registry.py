@@ -90,6 +90,6 @@ REGISTRY = Registry(
     entities=(catalog.USER, catalog.SESSION),
     sources=(catalog.EVENTS,),
     views=(catalog.USER_COMMERCE, catalog.USER_ACCOUNT, catalog.SESSION_ACTIVITY),
-    on_demand_views=(catalog.USER_RECENCY, catalog.SESSION_CONTEXT),
+    on_demand_views=(catalog.USER_RECENCY, catalog.USER_ACTIVITY_RATES, catalog.SESSION_CONTEXT),
     services=(catalog.PURCHASE_PROPENSITY_V1, catalog.CHURN_V1, catalog.SESSION_TRIGGERS_V1),
 )

@@ -161,6 +161,85 @@ _V_FEATURES, _V_CHANNELS, _V_QUERIES = _vocab(FEATURES), _vocab(CHANNELS), _voca
 _V_VIDEOS, _V_KINDS = _vocab(f"v{i:03d}" for i in range(VIDEOS)), _vocab(ANOMALY_KINDS)
 
 
+
+# ----------------------------------------------------------------------------------- latent rates
+# The generator draws from these, and the training oracle (training.labels) reads the same expectations, so
+# the yardstick and the simulation cannot drift apart.
+def onboarding_return_factor(dropoff: np.ndarray, n_steps: int) -> np.ndarray:
+    """Session-rate factor after signup: users who left onboarding at step ``dropoff`` come back less (-1: finished)."""
+    out: np.ndarray = np.where(dropoff >= 0, 0.3 + 0.5 * dropoff / n_steps, 1.0)
+    return out
+
+
+def daily_session_rates(day0: np.ndarray, *, session_rate: np.ndarray, is_new: np.ndarray, signup: np.ndarray,
+                        after_onboarding: np.ndarray, churner: np.ndarray, churn_start: np.ndarray,
+                        churn_stop: np.ndarray) -> np.ndarray:
+    """Expected sessions per (user, UTC day starting at ``day0`` us): weekday, onboarding, churn decay, signup.
+
+    Times are microseconds since the epoch; the result has shape ``(users, days)``.
+    """
+    mid = day0 + DAY_US // 2
+    weekday = ((day0 // DAY_US) + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
+    weekend = np.where(weekday >= 5, 1.2, 1.0)
+    rate = session_rate[:, None] * weekend[None, :]
+    after_signup = is_new[:, None] & (mid[None, :] > signup[:, None])
+    rate = np.where(after_signup, rate * after_onboarding[:, None], rate)
+    churning_day = churner[:, None] & (mid[None, :] >= churn_start[:, None])
+    decay = 0.55 * np.exp(-(mid[None, :] - churn_start[:, None]) / (4.0 * DAY_US))
+    rate = np.where(churning_day, rate * decay, rate)
+    rate = np.where(churner[:, None] & (mid[None, :] >= churn_stop[:, None]), 0.0, rate)
+    signed_up = np.clip((day0[None, :] + DAY_US - signup[:, None]) / DAY_US, 0.0, 1.0)
+    out: np.ndarray = np.where(is_new[:, None], rate * signed_up, rate)
+    return out
+
+
+def cart_probability(intent: np.ndarray) -> np.ndarray:
+    """A product view goes into the cart with this probability."""
+    out: np.ndarray = 0.01 + 0.2 * intent
+    return out
+
+
+def convert_probability(intent: np.ndarray) -> np.ndarray:
+    """A session whose cart is not empty at its end buys with this probability."""
+    out: np.ndarray = np.minimum(0.05 + 0.9 * intent**1.3, P_BUY)
+    return out
+
+
+def browse_rate(engagement: np.ndarray, churning: np.ndarray, onboarding: np.ndarray | bool = False) -> np.ndarray:
+    """A session has ``1 + Poisson(browse_rate)`` browse events."""
+    out: np.ndarray = (2.0 + 11.0 * engagement) * np.where(churning, 0.5, 1.0) * np.where(onboarding, 0.5, 1.0)
+    return out
+
+
+def help_share(churning: np.ndarray, days_churning: np.ndarray) -> np.ndarray:
+    """A browse event is a help search with this probability: it grows over a churner's first two days."""
+    out: np.ndarray = np.where(churning, 0.06 + 0.14 * np.minimum(days_churning / 2.0, 1.0), 0.006)
+    return out
+
+
+def product_view_share(intent: np.ndarray) -> np.ndarray:
+    """A browse event that is not a help search is a product view with this probability."""
+    out: np.ndarray = 0.30 + 0.25 * intent
+    return out
+
+
+def expected_session_purchase(*, engagement: np.ndarray, intent: np.ndarray, churning: np.ndarray) -> np.ndarray:
+    """The probability that a session not yet begun ends in a purchase, before its length is drawn.
+
+    A session has ``nb = 1 + Poisson(lam)`` browse events, each a product view with
+    probability ``pi``, so ``n_pv = Bernoulli(pi) + Poisson(lam pi)``; each view goes
+    into the cart (and stays) with ``q``, and a session with a cart buys with
+    ``p_convert``: ``E[1 - (1 - q)^n_pv] p_convert = (1 - (1 - pi q) e^(-lam pi q)) p_convert``.
+    A churning session is the first day's (the help-search share grows later).
+    """
+    lam = browse_rate(engagement, churning)
+    pi = (1.0 - help_share(churning, np.zeros_like(engagement))) * product_view_share(intent)
+    q = cart_probability(intent) * np.where(churning, 0.6, 1.0) * (1.0 - P_REMOVE)
+    p_convert = convert_probability(intent) * np.where(churning, 0.6, 1.0)
+    out: np.ndarray = (1.0 - (1.0 - pi * q) * np.exp(-lam * pi * q)) * p_convert
+    return out
+
+
 # ----------------------------------------------------------------------------------- config and results
 @dataclass(frozen=True, kw_only=True)
 class SimulationConfig:
@@ -398,7 +477,7 @@ def _simulate_block(cfg: SimulationConfig, block: int) -> _Block:
     p_step = 0.55 + 0.43 * engagement  # each onboarding step is completed with this probability
     steps_done = np.minimum(rng.geometric(1.0 - p_step) - 1, n_onb)
     dropoff = np.where(is_new & (steps_done < n_onb), steps_done, -1)
-    after_onboarding = np.where(dropoff >= 0, 0.3 + 0.5 * dropoff / n_onb, 1.0)  # drop-outs come back less
+    after_onboarding = onboarding_return_factor(dropoff, n_onb)
     gammas = rng.gamma(0.4, 1.0, (n_users, n_cat)) + 1e-9
     affinity = gammas / gammas.sum(axis=1, keepdims=True)
     cum_affinity = np.cumsum(affinity, axis=1)
@@ -411,23 +490,15 @@ def _simulate_block(cfg: SimulationConfig, block: int) -> _Block:
     consent_analytics = rng.random(n_users) < 0.95
     consent_personalization = consent_analytics & (rng.random(n_users) < 0.88)
     consent_marketing = rng.random(n_users) < 0.55
-    p_cart_user = 0.01 + 0.2 * intent  # a product view goes into the cart
-    p_convert_user = np.minimum(0.05 + 0.9 * intent**1.3, P_BUY)  # a session with a cart buys
+    p_cart_user = cart_probability(intent)
+    p_convert_user = convert_probability(intent)
 
     # ---- sessions: Poisson per user and day, shaped by weekday, onboarding, churn and signup
     day0 = t0 + np.arange(n_days, dtype=np.int64) * DAY_US
-    mid = day0 + DAY_US // 2
-    weekend = np.array([1.2 if (cfg.start + timedelta(days=d)).weekday() >= 5 else 1.0 for d in range(n_days)])
     session_rate = cfg.sessions_per_day * (0.25 + engagement)
-    rate = session_rate[:, None] * weekend[None, :]
-    after_signup = is_new[:, None] & (mid[None, :] > signup[:, None])
-    rate = np.where(after_signup, rate * after_onboarding[:, None], rate)
-    churning_day = churner[:, None] & (mid[None, :] >= churn_start[:, None])
-    decay = 0.55 * np.exp(-(mid[None, :] - churn_start[:, None]) / (4.0 * DAY_US))
-    rate = np.where(churning_day, rate * decay, rate)
-    rate = np.where(churner[:, None] & (mid[None, :] >= churn_stop[:, None]), 0.0, rate)
-    signed_up = np.clip((day0[None, :] + DAY_US - signup[:, None]) / DAY_US, 0.0, 1.0)
-    rate = np.where(is_new[:, None], rate * signed_up, rate)
+    rate = daily_session_rates(day0, session_rate=session_rate, is_new=is_new, signup=signup,
+                               after_onboarding=after_onboarding, churner=churner, churn_start=churn_start,
+                               churn_stop=churn_stop)
     cell = np.repeat(np.arange(n_users * n_days), rng.poisson(rate).ravel())
     su, sd = cell // n_days, cell % n_days
     hour = _pick(rng, _HOUR_CUM, len(cell))
@@ -466,14 +537,14 @@ def _simulate_block(cfg: SimulationConfig, block: int) -> _Block:
     off = n_onb + 2  # keys of browse slot i: off + 16 i + (0 the event, 1.. its followers, 15 a later removal)
 
     # ---- browsing: help search (churners), product view (intent) or another engagement event
-    nb = 1 + rng.poisson((2.0 + 11.0 * eng_s) * np.where(churning, 0.5, 1.0) * np.where(s_onb, 0.5, 1.0))
+    nb = 1 + rng.poisson(browse_rate(eng_s, churning, s_onb))
     bs, bi = np.repeat(np.arange(n_sess), nb), _cumcount(nb)
     n_b = len(bs)
     bkey = off + 16 * bi
     u = rng.random((3, n_b))
-    p_help = np.where(churning, 0.06 + 0.14 * np.minimum(days_churning / 2.0, 1.0), 0.006)
+    p_help = help_share(churning, days_churning)
     btype = np.where(u[0] < p_help[bs], HELP,
-                     np.where(u[1] < (0.30 + 0.25 * intent_s)[bs], PV, _OTHER_CODES[_pick(rng, _OTHER_CUM, n_b)]))
+                     np.where(u[1] < product_view_share(intent_s)[bs], PV, _OTHER_CODES[_pick(rng, _OTHER_CUM, n_b)]))
     b_user = s_user[bs]
     product = np.full(n_b, -1, np.int32)
     page = np.full(n_b, -1, np.int16)

@@ -25,6 +25,7 @@ on the holdout is the yardstick for the models (see :func:`purchase_oracle` and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +34,8 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+
+from pipelines import simulator as sim
 
 DECISION_TIME: Final = "decision_time"
 LABEL: Final = "label"
@@ -48,6 +51,7 @@ class Truth:
 
     users: pd.DataFrame
     sessions: pd.DataFrame
+    onboarding_steps: int = 6
 
     @classmethod
     def read(cls, truth_dir: str | Path) -> Truth:
@@ -57,13 +61,15 @@ class Truth:
                 raise FileNotFoundError(f"no simulator truth {path / name}: simulate first "
                                         "(python -m pipelines.simulator)")
         users = pd.read_parquet(path / "users.parquet", columns=[
-            "user_id", "churn_risk", "churner", "churn_start", "churn_stop"])
+            "user_id", "churn_risk", "churner", "churn_start", "churn_stop", "purchase_intent", "engagement",
+            "session_rate", "is_new", "signup", "onboarding_dropoff_step"])
         sessions = pd.read_parquet(path / "sessions.parquet", columns=[
             "session_id", "user_id", "start", "end", "product_views", "p_convert", "p_purchase"])
-        for df, cols in ((users, ("churn_start", "churn_stop")), (sessions, ("start", "end"))):
+        for df, cols in ((users, ("churn_start", "churn_stop", "signup")), (sessions, ("start", "end"))):
             for c in cols:
                 df[c] = df[c].astype(_US)
-        return cls(users=users, sessions=sessions)
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        return cls(users=users, sessions=sessions, onboarding_steps=int(config.get("onboarding_steps", 6)))
 
 
 def read_events(events_dir: str | Path) -> pd.DataFrame:
@@ -159,10 +165,14 @@ def purchase_oracle(points: pd.DataFrame, events: pd.DataFrame, truth: Truth, ho
     * items in the cart by ``t`` (adds minus removes up to ``t``): ``p_convert``;
     * else ``(1 - (1 - q)^m) p_convert`` for the ``m`` product views of ``s`` after ``t``;
 
-    and each later session of the user starting within the horizon adds its own
-    ``p_purchase``: the score is ``1 - prod(1 - p)``. It ignores the small chance
-    that a cart is emptied again, and it knows how many product views are still to
-    come, so it is a yardstick rather than a strict bound.
+    Sessions that start after ``t`` have not been drawn yet at ``t``: the oracle
+    takes their expected number from the user's latent daily session rate and their
+    chance to buy from the user's latent intent and engagement (the functions the
+    simulator draws with), not the sessions that did happen; the score is
+    ``1 - (1 - p_now) exp(-expected purchases later)``. The visit in progress is
+    read from the truth as it was planned (its product views still to come), and the
+    small chance that a cart is emptied again is ignored, so it is a yardstick for
+    what the latent state allows rather than a strict bound.
     """
     sess = truth.sessions.set_index("session_id")
     ev = events[events["session_id"].isin(points["session_id"].unique())]
@@ -191,16 +201,51 @@ def purchase_oracle(points: pd.DataFrame, events: pd.DataFrame, truth: Truth, ho
     p_now = np.where(agg["bought"].to_numpy() > 0, 0.0,
                      np.where(agg["cart"].to_numpy() > 0, p_convert, later_cart * p_convert))
 
-    # later sessions of the user that start within the horizon
-    later = points[["user_id", "session_id", DECISION_TIME]].reset_index().merge(
-        truth.sessions[["user_id", "session_id", "start", "p_purchase"]].rename(
-            columns={"session_id": "_s", "p_purchase": "_p"}), on="user_id", how="left")
-    within = ((later["_s"] != later["session_id"]) & (later["start"] > later[DECISION_TIME])
-              & (later["start"] <= later[DECISION_TIME] + horizon))
-    log_none = np.log1p(-np.clip(later["_p"].where(within, 0.0).to_numpy(float), 0.0, 1.0 - 1e-12))
-    none_later = np.exp(pd.Series(log_none).groupby(later["index"].to_numpy()).sum()
-                        .reindex(points.index, fill_value=0.0).to_numpy())
-    return pd.Series(1.0 - (1.0 - p_now) * none_later, index=points.index, name=ORACLE)
+    # later sessions: not yet drawn at t, so their expected number and their expected chance to buy
+    expected = _expected_later_purchases(points, truth, horizon)
+    return pd.Series(1.0 - (1.0 - p_now) * np.exp(-expected), index=points.index, name=ORACLE)
+
+
+def _expected_later_purchases(points: pd.DataFrame, truth: Truth, horizon: timedelta) -> np.ndarray:
+    """Per point, the expected number of purchases in sessions that start in ``(t, t + horizon]``.
+
+    Sessions start as a Poisson process with the simulator's daily rate (``daily_session_rates``,
+    from the user's latent traits), and each buys with ``expected_session_purchase``; the count of
+    buying sessions is Poisson with the product as its mean. Starts are taken as even within a day.
+    """
+    users = truth.users.reset_index(drop=True)
+    row = pd.Series(np.arange(len(users)), index=users["user_id"])
+    t = points[DECISION_TIME].to_numpy("datetime64[us]").astype(np.int64)
+    h = int(horizon / timedelta(microseconds=1))
+    day = sim.DAY_US
+    first, last = (int(t.min()) // day) * day, ((int(t.max()) + h) // day + 1) * day
+    day0 = np.arange(first, last + 1, day, dtype=np.int64)
+
+    def times(c: str) -> np.ndarray:
+        out: np.ndarray = users[c].to_numpy("datetime64[us]").astype(np.int64)
+        return np.where(users[c].isna().to_numpy(), 0, out)  # only read where the user has the time
+
+    is_new = users["is_new"].astype(bool).to_numpy()
+    dropoff = users["onboarding_dropoff_step"].fillna(-1).to_numpy(np.int64)
+    rates = sim.daily_session_rates(
+        day0, session_rate=users["session_rate"].to_numpy(float), is_new=is_new,
+        signup=times("signup"),
+        after_onboarding=sim.onboarding_return_factor(dropoff, truth.onboarding_steps),
+        churner=users["churner"].astype(bool).to_numpy(), churn_start=times("churn_start"),
+        churn_stop=times("churn_stop"))
+    u = row.reindex(points["user_id"]).to_numpy()
+    if np.isnan(u.astype(float)).any():
+        raise ValueError("users missing from the truth tables: is the truth from another run?")
+    u = u.astype(np.int64)
+    # the share of each day inside (t, t + h]
+    lo, hi = t[:, None], t[:, None] + h
+    overlap = np.clip(np.minimum(hi, day0[None, :] + day) - np.maximum(lo, day0[None, :]), 0, day) / day
+    sessions = (rates[u] * overlap).sum(axis=1)
+    churning = users["churner"].astype(bool).to_numpy()[u] & (times("churn_start")[u] <= t)
+    p_session = sim.expected_session_purchase(engagement=users["engagement"].to_numpy(float)[u],
+                                              intent=users["purchase_intent"].to_numpy(float)[u], churning=churning)
+    out: np.ndarray = sessions * p_session
+    return out
 
 
 def churn_oracle(points: pd.DataFrame, truth: Truth, horizon: timedelta) -> pd.Series:

@@ -30,7 +30,7 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -209,11 +209,17 @@ def training_set_spec(task: Task) -> TrainingSetSpec:
                            label_rate_max=task.cfg.label_rate_max, max_null_rate=task.cfg.max_null_rate)
 
 
-def select_features(features: Sequence[str], settings: Settings, train_span: timedelta) -> tuple[list[str],
-                                                                                               dict[str, str]]:
-    """The service's numeric features, less calendar features the train period is too short to learn."""
+def select_features(features: Sequence[str], settings: Settings, train_span: timedelta,
+                    exclude: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The service's numeric features, less the model's configured exclusions and the calendar
+    features the train period is too short to learn; returns them and ``{excluded: reason}``."""
     t = settings.training
     excluded: dict[str, str] = {}
+    unknown = sorted(set(exclude or {}) - set(features))
+    if unknown:
+        raise ValueError(f"exclude_features names {unknown}, which are not numeric features of the model's "
+                         f"feature service")
+    excluded.update(exclude or {})
     if train_span < t.calendar_min_span:
         for f in t.calendar_features:
             if f in features:
@@ -271,7 +277,8 @@ def train_model(task: Task, settings: Settings, builder: SparkFeatureBuilder, ev
     split = time_split(frame[lbl.DECISION_TIME], test_fraction=tcfg.test_fraction, embargo=task.cfg.embargo)
     train, test = frame.iloc[split.train].reset_index(drop=True), frame.iloc[split.test].reset_index(drop=True)
     span = train[lbl.DECISION_TIME].max() - train[lbl.DECISION_TIME].min()
-    features, excluded = select_features(tf.features, settings, span.to_pytimedelta())
+    features, excluded = select_features(tf.features, settings, span.to_pytimedelta(),
+                                         task.cfg.exclude_features)
     y_train, y_test = train[lbl.LABEL].to_numpy(), test[lbl.LABEL].to_numpy()
     for part, y in (("train", y_train), ("test", y_test)):
         if len(np.unique(y)) < 2:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import simulator as sim
 from training import labels as lbl
 from training.datasets import fingerprint, time_split
 from training.metrics import binary_metrics, expected_calibration_error
@@ -98,13 +99,29 @@ def test_purchase_oracle_follows_the_cart_state() -> None:
                              "start": [ts(0), ts(1800), ts(10), ts(2400)], "end": [ts(5), ts(1800), ts(11), ts(2400)],
                              "product_views": [1, 0, 1, 0], "p_convert": [0.6, 0.3, 0.2, 0.1],
                              "p_purchase": [0.1, 0.0, 0.02, 0.0]})
-    truth = lbl.Truth(users=pd.DataFrame(), sessions=sessions)
-    o = pd.Series(lbl.purchase_oracle(pts, LOG, truth, timedelta(hours=24)).to_numpy(),
-                  index=pd.MultiIndex.from_frame(pts[["session_id", "decision_time"]]))
+    def oracle(session_rate: float) -> pd.Series:
+        users = pd.DataFrame({"user_id": ["u1", "u3", "u4"], "churn_risk": 0.1, "churner": False,
+                              "churn_start": pd.NaT, "churn_stop": pd.NaT, "purchase_intent": 0.5,
+                              "engagement": 0.5, "session_rate": session_rate, "is_new": False, "signup": pd.NaT,
+                              "onboarding_dropoff_step": None})
+        for c in ("churn_start", "churn_stop", "signup"):
+            users[c] = pd.to_datetime(users[c], utc=True).astype("datetime64[us, UTC]")
+        truth = lbl.Truth(users=users, sessions=sessions)
+        return pd.Series(lbl.purchase_oracle(pts, LOG, truth, timedelta(hours=24)).to_numpy(),
+                         index=pd.MultiIndex.from_frame(pts[["session_id", "decision_time"]]))
+
+    o = oracle(0.0)  # no later sessions expected: the visit in progress alone
     assert o[("u1-s0", ts(0))] == pytest.approx(0.1)     # before any view: p_purchase of the session
     assert o[("u1-s0", ts(2))] == pytest.approx(0.6)     # item in the cart: p_convert
     assert o[("u1-s0", ts(5))] == 0.0                     # bought already
     assert o[("u3-s0", ts(11))] == 0.0                    # no views left, empty cart
+    # two sessions a day expected (a Thursday and a Friday: no weekend), each buying with the
+    # simulator's expected chance: the later ones add 1 - exp(-2 p) to a moment with nothing left now
+    p = float(sim.expected_session_purchase(engagement=np.array([0.5]), intent=np.array([0.5]),
+                                            churning=np.array([False]))[0])
+    o2 = oracle(2.0)
+    assert o2[("u3-s0", ts(11))] == pytest.approx(1.0 - np.exp(-2.0 * p))
+    assert o2[("u1-s0", ts(2))] == pytest.approx(1.0 - 0.4 * np.exp(-2.0 * p))
 
 
 def test_time_split_keeps_an_embargo_and_test_is_later() -> None:
