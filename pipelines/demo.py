@@ -247,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="dask")  # Feast's file store, not ours
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the demo prints what MLflow recorded itself
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=400)
-    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=14)
     args = parser.parse_args(argv)
     settings = load_settings()
     print("Kairos demo: embedded defaults (SQLite online store, local parquet)")

@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end(tmp_settings: Settings, capsys: pytest.CaptureFixt
     assert set(summary["models"]) == {"purchase_propensity", "churn"}
     assert all(m["alias"] == "champion" for m in summary["models"].values())  # a fresh registry: first is champion
     for text in ("1. Simulate", "amount: must be >= 0, got -12.5", "user_total_spend_30d", "session_cart_idle_seconds",
-                 "registered 2 entities, 3 feature views, 2 on-demand views, 3 feature services",
+                 "registered 2 entities, 3 feature views, 3 on-demand views, 3 feature services",
                  "spark: session_activity:", "training set: 2,003 decision points", "bytewax (1 worker)",
                  "0 disagreements between the reference, Spark, Bytewax and Feast",
                  "0 mismatches against the reference", "6. Train", "oracle"):
