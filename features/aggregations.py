@@ -36,6 +36,9 @@ class Aggregator(ABC):
     """A commutative monoid over event values plus a finalizer."""
 
     kind: ClassVar[str]
+    # ``update`` of the merge of every partial equals the merge after updating one partial, exactly (no float
+    # rounding in between): a state machine may keep the merged state and update it as events come in.
+    incremental: ClassVar[bool] = False
 
     @abstractmethod
     def init(self) -> Any:
@@ -53,6 +56,13 @@ class Aggregator(ABC):
     def finalize(self, state: Any) -> Any:
         """The feature value of a state, or ``None`` when it has none."""
 
+    def merge_all(self, partials: list[Any]) -> Any:
+        """``init()`` merged with each partial in turn (never mutates them); subclasses may do it faster."""
+        merged = self.init()
+        for p in partials:
+            merged = self.merge(merged, p)
+        return merged
+
     def copy(self, state: Any) -> Any:
         return _copy.deepcopy(state)
 
@@ -63,6 +73,7 @@ class Aggregator(ABC):
 @dataclass(frozen=True, kw_only=True)
 class Count(Aggregator):
     kind: ClassVar[str] = "count"
+    incremental: ClassVar[bool] = True
 
     def init(self) -> int:
         return 0
@@ -72,6 +83,9 @@ class Count(Aggregator):
 
     def merge(self, a: int, b: int) -> int:
         return a + b
+
+    def merge_all(self, partials: list[int]) -> int:
+        return sum(partials)  # integers: exact, the same as merging one by one
 
     def finalize(self, state: int) -> int:
         return state
@@ -90,6 +104,12 @@ class Sum(Aggregator):
 
     def merge(self, a: float, b: float) -> float:
         return a + b
+
+    def merge_all(self, partials: list[float]) -> float:
+        merged: float = 0
+        for p in partials:  # in order, as merge does: float addition is not associative
+            merged = merged + p
+        return merged
 
     def finalize(self, state: float) -> float:
         return state
@@ -117,6 +137,7 @@ class Mean(Aggregator):
 @dataclass(frozen=True, kw_only=True)
 class Min(Aggregator):
     kind: ClassVar[str] = "min"
+    incremental: ClassVar[bool] = True
 
     def init(self) -> Any:
         return None
@@ -131,6 +152,10 @@ class Min(Aggregator):
             return a
         return b if b < a else a
 
+    def merge_all(self, partials: list[Any]) -> Any:
+        present = [p for p in partials if p is not None]
+        return min(present) if present else None  # the first of equal extremes, as merge keeps
+
     def finalize(self, state: Any) -> Any:
         return state
 
@@ -138,6 +163,7 @@ class Min(Aggregator):
 @dataclass(frozen=True, kw_only=True)
 class Max(Aggregator):
     kind: ClassVar[str] = "max"
+    incremental: ClassVar[bool] = True
 
     def init(self) -> Any:
         return None
@@ -152,6 +178,10 @@ class Max(Aggregator):
             return a
         return b if b > a else a
 
+    def merge_all(self, partials: list[Any]) -> Any:
+        present = [p for p in partials if p is not None]
+        return max(present) if present else None  # the first of equal extremes, as merge keeps
+
     def finalize(self, state: Any) -> Any:
         return state
 
@@ -161,6 +191,7 @@ class Last(Aggregator):
     """The value of the latest event by ``order_key``; state ``(order_key, value)``."""
 
     kind: ClassVar[str] = "last"
+    incremental: ClassVar[bool] = True
 
     def init(self) -> Any:
         return None
@@ -184,6 +215,7 @@ class CountDistinct(Aggregator):
     """Exact distinct count; state is the set of values (windows bound its size)."""
 
     kind: ClassVar[str] = "count_distinct"
+    incremental: ClassVar[bool] = True
 
     def init(self) -> set[Any]:
         return set()
@@ -210,6 +242,7 @@ class TopK(Aggregator):
     """
 
     kind: ClassVar[str] = "top_k"
+    incremental: ClassVar[bool] = True
     k: int = 3
 
     def __post_init__(self) -> None:
@@ -229,7 +262,13 @@ class TopK(Aggregator):
         return a
 
     def finalize(self, state: dict[Any, int]) -> list[Any]:
-        return [v for v, _ in heapq.nsmallest(self.k, state.items(), key=lambda vc: (-vc[1], vc[0]))]
+        if len(state) > 64:
+            return [v for v, _ in heapq.nsmallest(self.k, state.items(), key=_by_count_then_value)]
+        return [v for v, _ in sorted(state.items(), key=_by_count_then_value)[:self.k]]  # keys differ: no ties
+
+
+def _by_count_then_value(vc: tuple[Any, int]) -> tuple[int, Any]:
+    return (-vc[1], vc[0])
 
 
 AGGREGATORS: dict[str, type[Aggregator]] = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -53,6 +53,14 @@ class Expr(ABC):
             object.__setattr__(self, "_fn", compiled)
         return compiled
 
+    def fn_over(self, names: Sequence[str]) -> Callable[[Sequence[Any]], Any]:
+        """:attr:`fn` over a sequence of values named ``names`` in order, instead of a mapping (no lookups by
+        name: the state machine evaluates derived features over its row this way). Every column must be named."""
+        missing = self.columns() - set(names)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} are not among the names")
+        return _CodeGen.build(self, {n: i for i, n in enumerate(names)})
+
     def source(self) -> str:
         """The generated Python source of :attr:`fn` (for debugging)."""
         return _CodeGen.render(self)[0]
@@ -86,7 +94,8 @@ class Expr(ABC):
 class _CodeGen:
     """Turns an expression tree into the source of one function ``f(row)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, index: Mapping[str, int] | None = None) -> None:
+        self.index = index  # column -> position: the function reads a sequence, not a mapping
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self._n = 0
@@ -101,17 +110,22 @@ class _CodeGen:
         self.consts[name] = value
         return name
 
+    def column(self, name: str) -> str:
+        """The Python expression reading column ``name``."""
+        return f"get({name!r})" if self.index is None else f"row[{self.index[name]}]"
+
     @classmethod
-    def render(cls, expr: Expr) -> tuple[str, dict[str, Any]]:
-        gen = cls()
+    def render(cls, expr: Expr, index: Mapping[str, int] | None = None) -> tuple[str, dict[str, Any]]:
+        gen = cls(index)
         result = expr._emit(gen)
         body = "\n".join(f"    {line}" for line in gen.lines)
-        src = f"def f(row):\n    get = row.get\n{body}\n    return {result}\n"
+        head = "    get = row.get\n" if index is None else ""
+        src = f"def f(row):\n{head}{body}\n    return {result}\n"
         return src, gen.consts
 
     @classmethod
-    def build(cls, expr: Expr) -> Callable[[Mapping[str, Any]], Any]:
-        src, consts = cls.render(expr)
+    def build(cls, expr: Expr, index: Mapping[str, int] | None = None) -> Callable[[Any], Any]:
+        src, consts = cls.render(expr, index)
         namespace: dict[str, Any] = dict(consts)
         exec(compile(src, f"<expr {type(expr).__name__}>", "exec"), namespace)  # our own generated source
         fn: Callable[[Mapping[str, Any]], Any] = namespace["f"]
@@ -137,7 +151,7 @@ class Col(Expr):
 
     def _emit(self, gen: _CodeGen) -> str:
         v = gen.var()
-        gen.lines.append(f"{v} = get({self.name!r})")
+        gen.lines.append(f"{v} = {gen.column(self.name)}")
         gen.lines.append(f"if {v} != {v}: {v} = None")  # NaN is the only value unequal to itself
         return v
 
@@ -220,15 +234,24 @@ class Func(Expr):
 
 
 def _coalesce(*vs: Any) -> Any:
-    return next((v for v in vs if v is not None), None)
+    for v in vs:
+        if v is not None:
+            return v
+    return None
 
 
 def _least(*vs: Any) -> Any:
-    return None if any(v is None for v in vs) else min(vs)
+    for v in vs:
+        if v is None:
+            return None
+    return min(vs)
 
 
 def _greatest(*vs: Any) -> Any:
-    return None if any(v is None for v in vs) else max(vs)
+    for v in vs:
+        if v is None:
+            return None
+    return max(vs)
 
 
 def _seconds_between(later: Any, earlier: Any) -> Any:
@@ -259,6 +282,13 @@ def _eq(a: Any, b: Any) -> Any:
     return None if a is None or b is None else a == b
 
 
+def _contains_any(a: Any, *words: str) -> Any:
+    if a is None:
+        return None
+    text = str(a).lower()
+    return any(w in text for w in words)
+
+
 def _ge(a: Any, b: Any) -> Any:
     return None if a is None or b is None else a >= b
 
@@ -274,6 +304,7 @@ def _if(cond: Any, then: Any, other: Any) -> Any:
 FUNCTIONS: dict[str, Any] = {
     "if": _if,
     "eq": _eq,
+    "contains_any": _contains_any,
     "ge": _ge,
     "not": _not,
     "coalesce": _coalesce,
@@ -333,6 +364,13 @@ def day_of_week(x: Expr) -> Func:
 
 def eq(a: Expr | Number | str, b: Expr | Number | str) -> Func:
     return Func(name="eq", args=(_wrap_any(a), _wrap_any(b)))
+
+
+def contains_any(a: Expr, words: tuple[str, ...]) -> Func:
+    """Whether the text ``a``, lower-cased, contains one of ``words`` (null when ``a`` is null)."""
+    if not words or any(w != w.lower() or not w for w in words):
+        raise ValueError(f"contains_any needs non-empty lower-case words, got {words!r}")
+    return Func(name="contains_any", args=(a, *(Lit(value=w) for w in words)))
 
 
 def ge(a: Expr | Number, b: Expr | Number) -> Func:

@@ -5,24 +5,34 @@ A thin adapter of the shared semantics, like the Spark engine: admission is
 (the same tiled state machine :func:`features.state.sweep` drives in batch), names
 and dtypes come from the specs. One dataflow serves every view::
 
-    source ─► validate ─► admit (keyed by user_id) ─► key_by_entity ─► aggregate ─► sinks
-                │ invalid     │ late / duplicate / no_consent   (one item per     (ViewState per
-                ▼             ▼                                  view: view|key)   view|key)
-           dead letters    drops log                                              changelog, Feast, memory
+    source ─► validate ─► users (keyed by user_id) ─────────────────────► rows ─► sinks
+                │ invalid   admission + a ViewState per view keyed by user    ▲  changelog, Feast, memory
+                ▼           │ late / duplicate / no_consent ─► drops log      │
+           dead letters     └─ route: admitted events ─► keys (view|key) ─────┘
+                                                         a ViewState per key of the other views
 
 * **Sources**: a JSON-lines replay (``settings.data_path/stream.jsonl`` by default, in
   arrival order, as ``python -m pipelines.simulator --jsonl`` writes it) or a Kafka
   topic (``bytewax.connectors.kafka``; ``settings.stream.brokers``/``topic``). Every
   item carries its source position (``file:line`` or ``topic:partition:offset``), which
   names dead letters and drops.
+* **Validation** decodes and checks an event in C (a msgspec type built from the event
+  schema); whatever it does not accept goes through :func:`features.events.validate_event`,
+  which decides and names the problems, so both paths give the same records and errors.
 * **Admission** is keyed by ``user_id`` (copies of an event share it): consent, then
   lateness, then the first arrival of an ``event_id``. A user's remembered ids are
   forgotten once their ``event_time + allowed_lateness`` has passed (a later copy is late
-  anyway), and a user with none left is discarded, so the state stays bounded.
-* **Aggregation** keeps one :class:`ViewState` per ``view|join key``. For each batch of
-  a key's events it emits exactly the rows :func:`features.state.sweep` emits: one row per
-  distinct arrival time of an accepted event (stamped with that ``ingest_time``) and one
-  row per tile expiry (stamped with the expiry).
+  anyway), and a user with nothing left is discarded, so the state stays bounded.
+* **Aggregation** keeps one :class:`ViewState` per view and key. The views keyed by
+  ``user_id`` live in the admission step itself (:class:`_UserLogic`: one keyed state per
+  user, no second exchange); the others (sessions) get the admitted events routed to a
+  second keyed step, ``view|key`` (:class:`_ViewLogic`). For each batch of a key's events
+  it emits exactly the rows :func:`features.state.sweep` emits: one row per distinct
+  arrival time of an accepted event (stamped with that ``ingest_time``) and one row per
+  tile expiry (stamped with the expiry).
+* **Rows** are compact (:class:`Row`: the values as a tuple in spec order) and travel as
+  one list per key and call; the changelog encodes each list in one call. Every step
+  works on whole batches (``flat_map_batch``), not item by item.
 
 Timers: data time, not wall time
 --------------------------------
@@ -56,12 +66,13 @@ processes epochs in order.
 Outputs
 -------
 * the **changelog** (JSON lines, ``settings.data_path/stream/changelog/part-*.jsonl``):
-  every emitted row with its view, key and ``event_timestamp``; the parity record;
+  every emitted row with its view, key, ``event_timestamp`` and all its values (a list in
+  the view's feature order; :func:`decode_row` names them); the parity record;
 * the **drops log** (``.../stream/drops/``): one line per late, duplicate, non-consented
   or invalid event, named by its source position; :func:`read_drops` counts them;
 * **dead letters** (``settings.dead_letter_path/bytewax-*.jsonl``): the payload and field
   errors of each invalid event, through :class:`pipelines.eventlog.DeadLetterStore`;
-* the **Feast online store**, through ``pipelines.feast_repo.write_online``: one
+* the **Feast online store**, through ``pipelines.feast_repo.write_online_rows``: one
   background writer per view writes the newest row of each key that changed while its
   previous write was in flight (Feast's SQLite store costs ~0.5 ms per row here, so
   batches grow and coalesce under load instead of queueing);
@@ -84,6 +95,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import heapq
 import json
 import logging
@@ -93,11 +105,12 @@ import threading
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Optional
 
 import bytewax.operators as op
 import msgspec
@@ -107,7 +120,15 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from conf.settings import Settings, load_settings
-from features.events import FieldError, parse_time, validate_event
+from features.events import (
+    ALL_FIELDS,
+    EVENT_PROPERTIES,
+    PROPERTY_NAMES,
+    REQUIRED_COMMON,
+    FieldError,
+    parse_time,
+    validate_event,
+)
 from features.registry import REGISTRY, Registry
 from features.semantics import Drop, EventRules
 from features.spec import FeatureView
@@ -121,6 +142,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INVALID = "invalid"
+ADMISSION_KEY = "user_id"  # admission is per user; views keyed by it share its step
 KEY_SEP = "|"
 EVENT_TIMESTAMP = "event_timestamp"
 DEFAULT_PARTS = 4
@@ -247,11 +269,12 @@ class _JsonlReplayPartition(StatefulSourcePartition[Raw, tuple[int, int]]):  # t
 class JsonlReplaySource(FixedPartitionedSource[Raw, tuple[int, int]]):  # type: ignore[misc]
     """Replay a JSON-lines event log (one partition, read in file order = arrival order).
 
-    Items are ``("<file>:<line>", line bytes)``. ``rate`` paces the replay (events per
-    second of wall time); resume state is the byte offset and line number.
+    Items are ``("<file>:<line>", line bytes)``, ``batch_size`` per read: a batch holds several events of
+    each active key, so the keyed steps' per-key, per-call costs are shared by more events. ``rate`` paces
+    the replay (events per second of wall time); resume state is the byte offset and line number.
     """
 
-    def __init__(self, path: str | Path, *, batch_size: int = 1000, rate: float | None = None) -> None:
+    def __init__(self, path: str | Path, *, batch_size: int = 5000, rate: float | None = None) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.rate = rate
@@ -343,73 +366,288 @@ def ensure_topic(brokers: str, topic: str, *, partitions: int = 1, timeout: floa
 
 
 # ------------------------------------------------------------------------------------------- steps
+def _fast_event_struct() -> Any:
+    """A msgspec type that decodes and checks one event in C, field by field as :func:`validate_event` does."""
+    fields: list[tuple[str, Any, None]] = []
+    for f in ALL_FIELDS:
+        t: Any
+        lo = f.min_value
+        hi = f.max_value
+        if f.dtype == "string":
+            if f.allowed is not None:
+                t = Literal.__getitem__(tuple(sorted(str(v) for v in f.allowed)))
+            else:
+                t = Annotated[str, msgspec.Meta(min_length=1, max_length=f.max_length)]
+        elif f.dtype == "bool":
+            t = bool
+        elif f.dtype == "timestamp":
+            t = Annotated[datetime, msgspec.Meta(tz=True)]
+        elif f.dtype == "int64":
+            t = Annotated[int, msgspec.Meta(ge=None if lo is None else int(lo), le=None if hi is None else int(hi))]
+        else:
+            t = Annotated[float, msgspec.Meta(ge=lo, le=hi)]
+        fields.append((f.name, Optional[t], None))  # noqa: UP045 - a runtime type for msgspec
+    return msgspec.defstruct("_FastEvent", fields, forbid_unknown_fields=True, gc=False)
+
+
+_FAST_DECODER = msgspec.json.Decoder(_fast_event_struct())
+_FAST_ERRORS = (msgspec.ValidationError, msgspec.DecodeError)
+_REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
+    str(et): tuple(REQUIRED_COMMON) + tuple(sorted(req)) for et, (req, _) in EVENT_PROPERTIES.items()}
+_FORBIDDEN_BY_TYPE: dict[str, tuple[str, ...]] = {
+    str(et): tuple(sorted(PROPERTY_NAMES - req - opt)) for et, (req, opt) in EVENT_PROPERTIES.items()}
+
+
+def _fast_validate(payload: str | bytes) -> Event | None:
+    """The record :func:`validate_event` makes of a JSON event, or None to take its path (invalid or unusual).
+
+    Sound, not complete: it accepts only what ``validate_event`` accepts and returns the same record (typed
+    fields, UTC times, None for missing ones); anything else (a wrong type, an int as 2.0, a client clock ahead
+    of ``ingest_time``...) goes through ``validate_event``, which names the problems.
+    """
+    try:
+        rec: Event = msgspec.structs.asdict(_FAST_DECODER.decode(payload))
+    except _FAST_ERRORS:
+        return None
+    etype = rec["event_type"]
+    if etype is None:
+        return None
+    for name in _REQUIRED_BY_TYPE[etype]:
+        if rec[name] is None:
+            return None
+    for name in _FORBIDDEN_BY_TYPE[etype]:
+        if rec[name] is not None:
+            return None
+    et, it = rec["event_time"], rec["ingest_time"]
+    if et.tzinfo is not UTC:
+        et = rec["event_time"] = et.astimezone(UTC)
+    if it.tzinfo is not UTC:
+        it = rec["ingest_time"] = it.astimezone(UTC)
+    if et > it:  # clamped or rejected by validate_event
+        return None
+    return rec
+
+
+class _Invalid(NamedTuple):
+    """An invalid event: its source position, payload and ``(field, problem)`` pairs."""
+
+    pos: str
+    payload: Any
+    errors: tuple[tuple[str, str], ...]
+
+
 def _validate_one(item: Any) -> tuple[bool, Positioned | Invalid]:
     """(True, (position, event)) or (False, (position, payload, errors)); items are Raw or Kafka messages."""
     pos, payload = item if isinstance(item, tuple) else _kafka_raw(item)
     if isinstance(payload, bytearray):
         payload = bytes(payload)
+    if isinstance(payload, str | bytes):
+        record = _fast_validate(payload)
+        if record is not None:
+            return True, (pos, record)
     try:
         raw = decode_json(payload) if isinstance(payload, str | bytes) else dict(payload)
     except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, not an object
         text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-        return False, (pos, text, (("payload", f"is not a JSON event object: {exc}"),))
+        return False, _Invalid(pos, text, (("payload", f"is not a JSON event object: {exc}"),))
     record, errors = validate_event(raw)
     if record is None:
-        return False, (pos, raw, tuple((e.field, e.problem) for e in errors))
+        return False, _Invalid(pos, raw, tuple((e.field, e.problem) for e in errors))
     return True, (pos, record)
 
 
-class _AdmitLogic(StatefulBatchLogic):  # type: ignore[misc]
-    """One user's admission: rules 2-4, with the ids it must remember for duplicates."""
+def _validate_batch(items: list[Any]) -> list[tuple[str, Positioned] | _Invalid]:
+    """Valid events keyed by ``user_id`` (the admission key), and the invalid ones."""
+    out: list[tuple[str, Positioned] | _Invalid] = []
+    for item in items:
+        ok, checked = _validate_one(item)
+        if ok:
+            pos, record = checked  # type: ignore[misc]
+            out.append((str(record["user_id"]), (pos, record)))
+        else:
+            out.append(checked)  # type: ignore[arg-type]
+    return out
 
-    def __init__(self, rules: EventRules, clock: StreamClock, resume: dict[str, datetime] | None) -> None:
-        self.rules = rules
-        self.clock = clock
-        self.seen: dict[str, datetime] = dict(resume or {})  # event_id -> event_time + allowed lateness
-        self.heap: list[tuple[datetime, str]] = [(t, i) for i, t in self.seen.items()]
-        heapq.heapify(self.heap)
 
-    def on_batch(self, items: list[Positioned]) -> tuple[list[tuple[bool, Any]], bool]:
-        out: list[tuple[bool, Any]] = []
+class Row(msgspec.Struct, gc=False):
+    """One emitted row, compact: the features of ``view`` for ``key`` from ``event_timestamp`` on, as a tuple in
+    spec order (``FeatureView.feature_names``). It is the changelog line as is; :meth:`feature_row` names them."""
+
+    view: str
+    key: str
+    event_timestamp: datetime
+    values: tuple[Any, ...]
+
+    def feature_row(self, names: Mapping[str, Sequence[str]]) -> FeatureRow:
+        return FeatureRow(self.view, self.key, self.event_timestamp,
+                          dict(zip(names[self.view], self.values, strict=True)))
+
+
+def _expire(name: str, key: str, state: ViewState, now: datetime | None, out: list[Row], limit: datetime | None,
+            *, inclusive: bool) -> datetime | None:
+    """Run the expiries before ``limit`` (or up to it), one row per distinct expiry time; the key's new clock."""
+    last = state.run_expiries(limit, inclusive, partial(Row, name, key), out)
+    return now if last is None or (now is not None and now >= last) else last
+
+
+def _fold(name: str, key: str, state: ViewState, now: datetime | None, events: Iterable[Event],
+          out: list[Row]) -> datetime | None:
+    """Fold one key's events (arrival order) into its state, appending sweep's rows; the key's new clock."""
+    pending: datetime | None = None  # an arrival time whose row is not yet emitted (ties share one row)
+    for e in events:
+        t: datetime = e["ingest_time"]
+        if now is not None and t < now:  # a live wake-up ran ahead of this event
+            STATS["clock_regressions"] += 1
+            log.warning("%s|%s: event %s arrived at %s, behind the key's clock %s; counted from the clock",
+                        name, key, e["event_id"], t, now)
+            t = now
+            e = {**e, "ingest_time": t}
+        if pending is not None and t != pending:
+            out.append(Row(name, key, pending, state.row()))
+            pending = None
+        nxt = state.next_expiry()
+        if nxt is not None and nxt < t:
+            now = _expire(name, key, state, now, out, t, inclusive=False)
+        dropped = state.advance(t)
+        if state.add(e) or dropped:
+            pending = t
+        now = t
+    if pending is not None:
+        out.append(Row(name, key, pending, state.row()))
+    return now
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the keyed steps share: the views, the rules, the clock and the routes between them."""
+
+    own: tuple[tuple[FeatureView, frozenset[str]], ...]  # views keyed by the admission key, with their event types
+    routes: tuple[Callable[[Event], tuple[str, tuple[str, Event]] | None], ...]  # to the other views' keys
+    views: Mapping[str, FeatureView]
+    rules: EventRules
+    clock: StreamClock
+
+
+class _Out(NamedTuple):
+    """What one call of the admission step emits: rows of its own views, drops, and events for other keys."""
+
+    rows: list[Row]
+    drops: list[DropRecord]
+    forward: list[tuple[str, tuple[str, Event]]]
+
+
+class _UserLogic(StatefulBatchLogic):  # type: ignore[misc]
+    """One user: admission (rules 2-4, with the ids it must remember for duplicates) and the ViewState of every
+    view keyed by the user, in one step; admitted events of views keyed otherwise are routed on."""
+
+    __slots__ = ("heap", "key", "nows", "plan", "seen", "states")
+
+    def __init__(self, plan: _Plan, resume: bytes | None) -> None:
+        self.plan = plan
+        n = len(plan.own)
+        self.key = ""
+        self.seen: dict[str, datetime] = {}  # event_id -> event_time + allowed lateness
+        self.heap: list[tuple[datetime, str]] = []
+        self.states: list[ViewState | None] = [None] * n
+        self.nows: list[datetime | None] = [None] * n  # each view's data clock: latest time processed
+        if resume is not None:
+            self.key, self.seen, saved = pickle.loads(resume)
+            self.heap = [(t, i) for i, t in self.seen.items()]
+            heapq.heapify(self.heap)
+            for v, s in enumerate(saved):
+                if s is not None:
+                    self.nows[v] = s[0]
+                    self.states[v] = ViewState.restore(plan.own[v][0], s[1])
+
+    def on_batch(self, items: list[Positioned]) -> tuple[list[_Out], bool]:
+        rules, seen, heap = self.plan.rules, self.seen, self.heap
+        lateness = rules.allowed_lateness
+        admitted: list[Event] = []
+        drops: list[DropRecord] = []
         for pos, e in items:
-            reason = self.rules.drop_reason(e)
+            reason = rules.drop_reason(e)
             eid = e["event_id"]
-            if reason is None and eid in self.seen:
+            if reason is None and eid in seen:
                 reason = Drop.DUPLICATE
             if reason is None:
-                forget_after = e["event_time"] + self.rules.allowed_lateness
-                self.seen[eid] = forget_after
-                heapq.heappush(self.heap, (forget_after, eid))
-                out.append((True, e))
+                forget_after = e["event_time"] + lateness
+                seen[eid] = forget_after
+                heapq.heappush(heap, (forget_after, eid))
+                admitted.append(e)
             else:
-                out.append((False, DropRecord(reason.value, pos, eid, e["ingest_time"])))
-            self._forget(e["ingest_time"])
-        return out, not self.seen
+                drops.append(DropRecord(reason.value, pos, eid, e["ingest_time"]))
+            now = e["ingest_time"]
+            while heap and heap[0][0] < now:  # ids whose copies arriving from now on are late anyway
+                seen.pop(heapq.heappop(heap)[1], None)
+        rows: list[Row] = []
+        forward: list[tuple[str, tuple[str, Event]]] = []
+        if admitted:
+            if not self.key:
+                self.key = str(admitted[0]["user_id"])
+            for v, (view, types) in enumerate(self.plan.own):
+                mine = [e for e in admitted if e["event_type"] in types]
+                if mine:
+                    state = self.states[v]
+                    if state is None:
+                        state = self.states[v] = ViewState(view)
+                    self.nows[v] = _fold(view.name, self.key, state, self.nows[v], mine, rows)
+                    if state.is_empty():
+                        self.states[v] = self.nows[v] = None
+            for route in self.plan.routes:
+                for e in admitted:
+                    item = route(e)
+                    if item is not None:
+                        forward.append(item)
+        return ([_Out(rows, drops, forward)] if rows or drops or forward else []), self._discard()
 
-    def _forget(self, now: datetime) -> None:
-        """Ids whose copies arriving from ``now`` on are late anyway."""
-        while self.heap and self.heap[0][0] < now:
-            _, eid = heapq.heappop(self.heap)
-            self.seen.pop(eid, None)
+    def _discard(self) -> bool:
+        return not self.seen and all(s is None for s in self.states)
 
-    def on_notify(self) -> tuple[list[Any], bool]:
-        self._forget(self.clock.due())
-        return [], not self.seen
+    def _expire_all(self, limit: datetime | None) -> list[_Out]:
+        rows: list[Row] = []
+        for v, state in enumerate(self.states):
+            if state is not None:
+                self.nows[v] = _expire(self.plan.own[v][0].name, self.key, state, self.nows[v], rows, limit,
+                                       inclusive=True)
+                if state.is_empty():
+                    self.states[v] = self.nows[v] = None
+        return [_Out(rows, [], [])] if rows else []
 
-    def on_eof(self) -> tuple[list[Any], bool]:
-        return [], not self.seen
+    def on_notify(self) -> tuple[list[_Out], bool]:
+        clock = self.plan.clock
+        out: list[_Out] = []
+        if clock.is_live:
+            due = clock.due()
+            while self.heap and self.heap[0][0] < due:
+                self.seen.pop(heapq.heappop(self.heap)[1], None)
+            out = self._expire_all(due)
+        return out, self._discard()
+
+    def on_eof(self) -> tuple[list[_Out], bool]:
+        clock = self.plan.clock
+        out = self._expire_all(clock.until) if clock.flush_at_eof else []
+        return out, self._discard()
 
     def notify_at(self) -> datetime | None:
-        if not self.clock.is_live or not self.heap:
+        clock = self.plan.clock
+        if not clock.is_live:
             return None
-        return self.clock.wall(self.heap[0][0])
+        times = [s.next_expiry() for s in self.states if s is not None]
+        if self.heap:
+            times.append(self.heap[0][0])
+        due = min((t for t in times if t is not None), default=None)
+        return None if due is None else clock.wall(due)
 
-    def snapshot(self) -> dict[str, datetime]:
-        return dict(self.seen)
+    def snapshot(self) -> bytes:
+        saved = [None if s is None else (self.nows[v], s.snapshot()) for v, s in enumerate(self.states)]
+        return pickle.dumps((self.key, self.seen, saved), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
-    """The ViewState of one ``view|key``, emitting sweep's rows; see the module docstring for timers."""
+    """The ViewState of one ``view|key`` (views not keyed by the user), emitting sweep's rows; see the module
+    docstring for timers. Each call emits one list of rows (or nothing)."""
+
+    __slots__ = ("clock", "key", "now", "state", "view_name", "views")
 
     def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | None) -> None:
         self.views = views
@@ -422,59 +660,28 @@ class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
             self.view_name, self.key, self.now, snapshot = pickle.loads(resume)
             self.state = ViewState.restore(views[self.view_name], snapshot)
 
-    def _row(self, ts: datetime) -> FeatureRow:
-        assert self.state is not None
-        return FeatureRow(self.view_name, self.key, ts, self.state.values())
-
-    def _expire(self, out: list[FeatureRow], limit: datetime | None, *, inclusive: bool) -> None:
-        """Run the expiries before ``limit`` (or up to it), one row per distinct expiry time."""
-        assert self.state is not None
-        nxt = self.state.next_expiry()
-        while nxt is not None and (limit is None or nxt < limit or (inclusive and nxt == limit)):
-            self.state.advance(nxt)
-            out.append(self._row(nxt))
-            self.now = nxt if self.now is None else max(self.now, nxt)
-            nxt = self.state.next_expiry()
-
-    def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[FeatureRow], bool]:
+    def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[list[Row]], bool]:
         if self.state is None:
             self.view_name, first = items[0]
             view = self.views[self.view_name]
             self.key = str(first[view.entity.join_key])
             self.state = ViewState(view)
-        state = self.state
-        out: list[FeatureRow] = []
-        pending: datetime | None = None  # an arrival time whose row is not yet emitted (ties share one row)
-        for _, e in items:
-            now: datetime = e["ingest_time"]
-            if self.now is not None and now < self.now:  # a live wake-up ran ahead of this event
-                STATS["clock_regressions"] += 1
-                log.warning("%s|%s: event %s arrived at %s, behind the key's clock %s; counted from the clock",
-                            self.view_name, self.key, e["event_id"], now, self.now)
-                now = self.now
-                e = {**e, "ingest_time": now}
-            if pending is not None and now != pending:
-                out.append(self._row(pending))
-                pending = None
-            self._expire(out, now, inclusive=False)
-            dropped = state.advance(now)
-            if state.add(e) or dropped:
-                pending = now
-            self.now = now
-        if pending is not None:
-            out.append(self._row(pending))
-        return out, state.is_empty()
+        out: list[Row] = []
+        self.now = _fold(self.view_name, self.key, self.state, self.now, (e for _, e in items), out)
+        return ([out] if out else []), self.state.is_empty()
 
-    def on_notify(self) -> tuple[list[FeatureRow], bool]:
-        out: list[FeatureRow] = []
-        if self.state is not None and self.clock.is_live:
-            self._expire(out, self.clock.due(), inclusive=True)
+    def _expire(self, limit: datetime | None) -> list[list[Row]]:
+        assert self.state is not None
+        out: list[Row] = []
+        self.now = _expire(self.view_name, self.key, self.state, self.now, out, limit, inclusive=True)
+        return [out] if out else []
+
+    def on_notify(self) -> tuple[list[list[Row]], bool]:
+        out = self._expire(self.clock.due()) if self.state is not None and self.clock.is_live else []
         return out, self.state is None or self.state.is_empty()
 
-    def on_eof(self) -> tuple[list[FeatureRow], bool]:
-        out: list[FeatureRow] = []
-        if self.state is not None and self.clock.flush_at_eof:
-            self._expire(out, self.clock.until, inclusive=True)
+    def on_eof(self) -> tuple[list[list[Row]], bool]:
+        out = self._expire(self.clock.until) if self.state is not None and self.clock.flush_at_eof else []
         return out, self.state is None or self.state.is_empty()
 
     def notify_at(self) -> datetime | None:
@@ -499,6 +706,11 @@ def _json_default(value: Any) -> Any:
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_json_default)
+_LINES = _ENCODER  # ``encode_lines``: a list of rows (or records) to JSON lines in one call
+
+
+def _encode_drops(drops: Sequence[DropRecord]) -> bytes:
+    return _ENCODER.encode_lines([d._asdict() for d in drops])
 
 
 def _dumps(obj: Any) -> str:
@@ -510,8 +722,10 @@ def _part_of(key: str) -> int:
     return zlib.adler32(key.encode())
 
 
-class _TruncatingFile(StatefulSinkPartition[str, int]):  # type: ignore[misc]
-    """A JSON-lines file truncated to its snapshot on resume: lines are written exactly once."""
+class _TruncatingFile(StatefulSinkPartition[bytes, int]):  # type: ignore[misc]
+    """A JSON-lines file truncated to its snapshot on resume: lines are written exactly once.
+
+    Items are encoded lines, each ending in a newline (one item may hold many lines)."""
 
     def __init__(self, path: Path, resume_state: int | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -519,8 +733,8 @@ class _TruncatingFile(StatefulSinkPartition[str, int]):  # type: ignore[misc]
         self._fh.truncate(resume_state or 0)
         self._fh.seek(0, 2)
 
-    def write_batch(self, values: list[str]) -> None:
-        self._fh.write("".join(v + "\n" for v in values).encode())
+    def write_batch(self, values: list[bytes]) -> None:
+        self._fh.write(b"".join(values))
         self._fh.flush()
 
     def snapshot(self) -> int:
@@ -530,8 +744,9 @@ class _TruncatingFile(StatefulSinkPartition[str, int]):  # type: ignore[misc]
         self._fh.close()
 
 
-class JsonlLogSink(FixedPartitionedSink[str, int]):  # type: ignore[misc]
-    """``(key, line)`` items into ``parts`` files ``<dir>/part-<i>.jsonl`` by key (exactly once with recovery)."""
+class JsonlLogSink(FixedPartitionedSink[bytes, int]):  # type: ignore[misc]
+    """``(key, lines)`` items (encoded JSON lines) into ``parts`` files ``<dir>/part-<i>.jsonl`` by key
+    (exactly once with recovery)."""
 
     def __init__(self, directory: Path, parts: int = DEFAULT_PARTS) -> None:
         self.directory = Path(directory)
@@ -596,7 +811,7 @@ class _OnlinePartition(StatefulSinkPartition[FeatureRow, None]):  # type: ignore
         from pipelines import feast_repo
 
         self.views = views
-        self.write_online = feast_repo.write_online
+        self.write_online = feast_repo.write_online_rows
         self.store = FeatureStore(repo_path=str(settings.feature_repo_path))
         # SQLite has one writer at a time: writers of this process take turns instead of timing out on its lock
         self.lock = _SQLITE_WRITE_LOCK if settings.online_store.type == "sqlite" else contextlib.nullcontext()
@@ -677,7 +892,7 @@ class _OnlinePartition(StatefulSinkPartition[FeatureRow, None]):  # type: ignore
 
 
 class OnlineStoreSink(FixedPartitionedSink[FeatureRow, None]):  # type: ignore[misc]
-    """Rows into the Feast online store (``pipelines.feast_repo.write_online``), newest per key, in batches.
+    """Rows into the Feast online store (``pipelines.feast_repo.write_online_rows``), newest per key, in batches.
 
     ``parts`` writers (default: one per view), each a thread of the worker that owns it;
     a view's rows always go to the same writer. The repo must have been applied
@@ -725,10 +940,17 @@ def encode_row(row: FeatureRow) -> str:
 
 
 def decode_row(line: str | bytes, registry: Registry = REGISTRY) -> FeatureRow:
-    """A changelog line back to a row with spec-typed values (timestamps as UTC datetimes)."""
+    """A changelog line back to a row with spec-typed values (timestamps as UTC datetimes).
+
+    ``values`` is a list in spec order (:class:`Row`, what the dataflow writes) or an object by name."""
     obj = json.loads(line)
     view = registry.view(obj["view"])
     values = obj["values"]
+    if isinstance(values, list):
+        names = view.feature_names
+        if len(values) != len(names):
+            raise ValueError(f"a {view.name} row has {len(values)} values, the spec {len(names)} features")
+        values = dict(zip(names, values, strict=True))
     for f in view.features:
         if f.dtype == "timestamp" and values.get(f.name) is not None:
             values[f.name] = parse_time(values[f.name])
@@ -765,6 +987,37 @@ def read_drops(directory: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------- the builder
+GC_GEN0_THRESHOLD = 1_000_000
+
+
+def _relax_gc() -> None:
+    """Collect cycles much less often in the process that runs the dataflow.
+
+    The keyed state (tiles, partials, rows) is millions of small containers that never form cycles and
+    are freed by reference counting; with the default thresholds (a young collection every 700
+    allocations) the cyclic collector kept walking that state, about a fifth of the time at 200k keys,
+    growing with the number of keys. A young collection every million allocations, older ones rarely;
+    objects alive now (modules, specs) are moved out of its sight. For a process that exists to run the
+    dataflow (``python -m bytewax.run``); :meth:`BytewaxFeatureBuilder.run` uses :func:`_relaxed_gc`.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    if gen0 and gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, max(gen1, 50), max(gen2, 1000))
+    gc.freeze()
+
+
+@contextlib.contextmanager
+def _relaxed_gc() -> Iterator[None]:
+    """:func:`_relax_gc` for the duration of an in-process run, then the caller's collector as it was."""
+    before = gc.get_threshold()
+    _relax_gc()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[misc]
     """Compile every feature view into one Bytewax dataflow.
 
@@ -780,7 +1033,8 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         self.outputs = outputs or StreamOutputs.from_settings(settings)
         self.flow = Dataflow(flow_id)
         self._views: dict[str, FeatureView] = {}
-        self._drops: list[Stream] = []  # drop records from validate and admit, for the drops log
+        self._drops: list[Stream] = []  # encoded drop records from validate and admit, for the drops log
+        self._rows: list[Stream] = []  # (state key, [Row, ...]) from the user step and the other keys' step
         self._built = False
 
     # -- sources ---------------------------------------------------------------------------------
@@ -795,63 +1049,78 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
 
     # -- hooks -----------------------------------------------------------------------------------
     def validate(self, source: Stream, report: BuildReport) -> Stream:
-        """Parse and validate; invalid payloads go to the dead-letter store and the drops log."""
-        checked = op.map("validate", source, _validate_one)
-        branches = op.branch("validate_split", checked, lambda x: x[0])
-        invalid = op.map("validate_invalid", branches.falses, lambda x: x[1])
-        op.output("dead_letters", op.key_on("dead_letters_key", invalid, lambda x: x[0]),
+        """Parse and validate, a batch at a time; invalid payloads go to the dead-letter store and the drops log.
+        Valid events come out keyed by ``user_id``, the admission key."""
+        checked = op.flat_map_batch("validate", source, _validate_batch)
+        invalid = op.flat_map_batch("validate_invalid", checked, lambda xs: [x for x in xs if type(x) is _Invalid])
+        op.output("dead_letters", op.flat_map_batch("dead_letters_key", invalid, lambda xs: [(x.pos, x) for x in xs]),
                   DeadLetterSink(self.outputs.dead_letter_dir))
-        self._drops.append(op.map("validate_drops", invalid, lambda x: DropRecord(INVALID, x[0], None, None)))
+        self._drops.append(op.flat_map_batch("validate_drops", invalid, lambda xs: [
+            (x.pos, _encode_drops([DropRecord(INVALID, x.pos, None, None)])) for x in xs]))
         report.dropped.setdefault(INVALID, 0)
-        return op.map("validate_valid", branches.trues, lambda x: x[1])
+        return op.flat_map_batch("validate_valid", checked, lambda xs: [x for x in xs if type(x) is tuple])
 
     def admit(self, events: Stream, report: BuildReport) -> Stream:
-        """Consent, lateness, then first arrival, keyed by ``user_id``; drops go to the drops log."""
-        rules, clock = self.rules, self.clock
-        keyed = op.key_on("admit_key", events, lambda pe: str(pe[1]["user_id"]))
-        decided = op.key_rm("admit_unkey", op.stateful_batch(
-            "admit", keyed, lambda resume: _AdmitLogic(rules, clock, resume)))
-        branches = op.branch("admit_split", decided, lambda x: x[0])
-        self._drops.append(op.map("admit_drops", branches.falses, lambda x: x[1]))
+        """Consent, lateness, then first arrival, keyed by ``user_id``; drops go to the drops log.
+
+        The same keyed step (:class:`_UserLogic`) keeps the ViewState of every view keyed by ``user_id``
+        (their rows go to :attr:`_rows`): one state object per user, one exchange. Returns the admitted events
+        routed to the other views' keys (``view|key``)."""
+        own = tuple((v, frozenset(str(t) for a in v.aggregations for t in a.event_types))
+                    for v in self._views.values() if v.entity.join_key == ADMISSION_KEY)
+        others = [v for v in self._views.values() if v.entity.join_key != ADMISSION_KEY]
+        plan = _Plan(own=own, routes=tuple(self.router(v) for v in others), views=dict(self._views),
+                     rules=self.rules, clock=self.clock)
+        decided = op.stateful_batch("users", events, lambda resume: _UserLogic(plan, resume))
+        self._rows.append(op.flat_map_batch("user_rows", decided, lambda xs: [(k, o.rows) for k, o in xs if o.rows]))
+        self._drops.append(op.flat_map_batch("admit_drops", decided, lambda xs: [
+            (k, _encode_drops(o.drops)) for k, o in xs if o.drops]))
         for d in Drop:
             report.dropped.setdefault(d.value, 0)
-        return op.map("admit_admitted", branches.trues, lambda x: x[1])
+        return op.flat_map_batch("route", decided, lambda xs: [f for _, o in xs for f in o.forward])
 
-    def router(self, view: FeatureView) -> Callable[[Event], tuple[str, tuple[str, Event]] | None]:
-        """The view's item for an event: ``("view|key", (view, the fields the view reads))``, or None."""
+    @staticmethod
+    def router(view: FeatureView) -> Callable[[Event], tuple[str, tuple[str, Event]] | None]:
+        """The view's item for an event: ``("view|key", (view, event))``, or None if the view does not read it."""
         join_key, name = view.entity.join_key, view.name
         types = frozenset(str(t) for a in view.aggregations for t in a.event_types)
-        fields = tuple(sorted(view.event_fields()))
 
         def route(e: Event) -> tuple[str, tuple[str, Event]] | None:
             k = e.get(join_key)
             if k is None or e["event_type"] not in types:  # no aggregation of the view reads it
                 return None
-            return f"{name}{KEY_SEP}{k}", (name, {f: e[f] for f in fields})
+            return f"{name}{KEY_SEP}{k}", (name, e)
 
         return route
 
     def key_by_entity(self, view: FeatureView, events: Stream) -> Stream:
-        """One view's items, keyed ``view|join key`` (arrival order per key is kept)."""
+        """Register ``view``: :meth:`admit` routes events to its keys (arrival order per key is kept)."""
         self._views[view.name] = view
-        return op.filter_map(f"key_by_entity_{view.name}", events, self.router(view))
+        return events
 
     def aggregate(self, view: FeatureView, keyed: Stream) -> Stream:
-        """A :class:`ViewState` per state key: one stateful step serves ``view`` and every other view whose
-        items :meth:`build` merged into ``keyed`` (a state key names its view). Rows come out keyed by it."""
+        """A :class:`ViewState` per ``view|key`` for the views not keyed by the user (one step serves them all).
+        Each call emits one list of rows, keyed by its state key."""
         views, clock = dict(self._views), self.clock
-        return op.stateful_batch("aggregate", keyed, lambda resume: _ViewLogic(views, clock, resume))
+        return op.stateful_batch("keys", keyed, lambda resume: _ViewLogic(views, clock, resume))
 
     def write(self, view: FeatureView, rows: Stream) -> int:
-        """Attach the sinks (changelog, Feast, memory) to the rows of every view; counts come from :meth:`report`."""
+        """Attach the sinks (changelog, Feast, memory) to the rows of every view; counts come from :meth:`report`.
+
+        ``rows`` carries ``(state key, [Row, ...])`` items: the changelog encodes each list in one call."""
         out = self.outputs
+        names = {v.name: v.feature_names for v in self._views.values()}
         if out.changelog_dir is not None:
-            lines = op.map("changelog_encode", rows, lambda kr: (kr[0], encode_row(kr[1])))
+            lines = op.flat_map_batch("changelog_encode", rows,
+                                      lambda xs: [(k, _LINES.encode_lines(rs)) for k, rs in xs])
             op.output("changelog", lines, JsonlLogSink(out.changelog_dir, out.parts))
         if out.online:
-            op.output("online_store", rows, OnlineStoreSink(self.settings, self._views, out.online_parts))
+            keyed = op.flat_map_batch("online_rows", rows, lambda xs: [
+                (f"{r.view}{KEY_SEP}{r.key}", r.feature_row(names)) for _, rs in xs for r in rs])
+            op.output("online_store", keyed, OnlineStoreSink(self.settings, self._views, out.online_parts))
         if out.memory is not None:
-            op.output("memory", op.key_rm("rows", rows), MemorySink(out.memory))
+            op.output("memory", op.flat_map_batch("memory_rows", rows, lambda xs: [
+                r.feature_row(names) for _, rs in xs for r in rs]), MemorySink(out.memory))
         return 0
 
     # -- the dataflow ----------------------------------------------------------------------------
@@ -863,13 +1132,15 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         views = list(views or self.registry.views)
         report = BuildReport()
         stream = source if isinstance(source, Stream) else op.input("source", self.flow, source)
-        events = self.admit(self.validate(stream, report), report)
-        keyed = op.merge("key_by_entity", *(self.key_by_entity(v, events) for v in views))  # the fan-out
-        rows = self.aggregate(views[0], keyed)
+        for v in views:
+            self.key_by_entity(v, stream)
+        routed = self.admit(self.validate(stream, report), report)
+        if any(v.entity.join_key != ADMISSION_KEY for v in views):
+            self._rows.append(self.aggregate(views[0], routed))
+        rows = self._rows[0] if len(self._rows) == 1 else op.merge("rows", *self._rows)
         self.write(views[0], rows)
         drops = op.merge("drops", *self._drops)
-        drop_lines = op.map("drops_encode", drops, lambda d: (d.id, _dumps(d._asdict())))
-        op.output("drops_log", drop_lines, JsonlLogSink(self.outputs.drops_dir, self.outputs.parts))
+        op.output("drops_log", drops, JsonlLogSink(self.outputs.drops_dir, self.outputs.parts))
         return report
 
     def dataflow(self, source: Source | None = None, views: Sequence[FeatureView] | None = None) -> Dataflow:
@@ -883,8 +1154,9 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
 
         t0 = time.perf_counter()
         flow = self.dataflow(source)
-        cli_main(flow, workers_per_process=workers or self.settings.stream.workers,
-                 epoch_interval=epoch_interval or timedelta(seconds=10), recovery_config=recovery)
+        with _relaxed_gc():
+            cli_main(flow, workers_per_process=workers or self.settings.stream.workers,
+                     epoch_interval=epoch_interval or timedelta(seconds=10), recovery_config=recovery)
         report = self.report()
         report.seconds = time.perf_counter() - t0
         return report
@@ -939,6 +1211,7 @@ def build_flow(source: str | None = None, path: str | None = None, *, brokers: s
 
         feast_repo.apply(settings)
     builder = BytewaxFeatureBuilder(settings, clock=clock, outputs=outputs)
+    _relax_gc()  # this process runs the dataflow (python -m bytewax.run)
     chosen = [REGISTRY.view(v) for v in views] if views else None
     return builder.dataflow(builder.default_source(path=path, tail=tail, rate=rate), chosen)
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -464,6 +465,47 @@ def write_online(store: FeatureStore, view: spec.FeatureView, rows: Iterable[Map
     if not df.empty:
         store.write_to_online_store(feature_view_name=view.name, df=df)
     return len(df)
+
+
+_NAT = np.datetime64("NaT")
+
+
+def write_online_rows(store: FeatureStore, view: spec.FeatureView, rows: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`write_online` without the frame: rows (join key, ``event_timestamp``, spec-typed features) go
+    straight to Feast's value protos and its provider's ``online_write_batch``, as ``write_to_online_store``
+    does after converting a frame. For the stream, where Feast's conversions were most of the cost per row.
+
+    ``created_timestamp`` is the event timestamp; values take the spec's types (:meth:`Feature.cast`).
+    """
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.type_map import python_values_to_proto_values
+
+    if not rows:
+        return 0
+    fv = store.get_feature_view(view.name)
+    join_key = view.entity.join_key
+    keys = [r[join_key] for r in rows]
+    if any(k is None for k in keys):
+        raise ValueError(f"{view.name}: a row without {join_key!r}")
+    stamps = [r[EVENT_TIMESTAMP] for r in rows]
+    for ts in stamps:
+        if not isinstance(ts, datetime):
+            raise TypeError(f"{view.name}: {EVENT_TIMESTAMP} must be a datetime, got {ts!r}")
+        spec.as_utc(ts)
+    features = {f.name: f for f in view.features}
+    columns: dict[str, list[Any]] = {}
+    for field in fv.features:
+        f = features[field.name]
+        null = _NAT if f.dtype == "timestamp" else None  # a null timestamp as a frame gives it (Feast stores NaT)
+        values = [null if _null(v) else f.cast(v) for v in (r.get(f.name) for r in rows)]
+        columns[f.name] = python_values_to_proto_values(values, field.dtype.to_value_type())
+    key_type = {e.name: e.dtype.to_value_type() for e in fv.entity_columns}[join_key]
+    entity_values = python_values_to_proto_values(keys, key_type)
+    names = list(columns)
+    data = [(EntityKey(join_keys=[join_key], entity_values=[entity_values[i]]),
+             {n: columns[n][i] for n in names}, stamps[i], stamps[i]) for i in range(len(rows))]
+    store._get_provider().online_write_batch(store.config, fv, data, progress=None)
+    return len(rows)
 
 
 FeatureSelection = spec.FeatureService | str | Sequence[str]

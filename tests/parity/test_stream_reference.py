@@ -34,7 +34,8 @@ from pipelines.bytewax_builder import (
     FeatureRow,
     StreamClock,
     StreamOutputs,
-    _AdmitLogic,
+    _Plan,
+    _UserLogic,
     _ViewLogic,
     read_changelog,
     read_drops,
@@ -279,18 +280,23 @@ def test_view_state_snapshot_round_trips_and_continues_identically() -> None:
 
 
 def test_admission_forgets_ids_after_the_allowed_lateness_and_is_discarded_when_empty() -> None:
-    logic = _AdmitLogic(RULES, StreamClock(), None)
+    session = REGISTRY.view("session_activity")  # admission alone, routing to a view keyed by session
+    plan = _Plan(own=(), routes=(BytewaxFeatureBuilder.router(session),),
+                 views={session.name: session}, rules=RULES, clock=StreamClock())
+    logic = _UserLogic(plan, None)
     first = make_event("login", user_id="u1", event_time=T0, ingest_delay=timedelta(0))
     copy = dict(first, ingest_time=T0 + LATENESS)  # exactly at the limit: still a duplicate
     out, discard = logic.on_batch([("p1", first), ("p2", copy)])
-    assert [ok for ok, _ in out] == [True, False] and out[1][1].reason == "duplicate" and not discard
+    assert [e["event_id"] for _, (_, e) in out[0].forward] == [first["event_id"]], "admitted once, routed on"
+    assert [d.reason for d in out[0].drops] == ["duplicate"] and out[0].drops[0].id == "p2" and not discard
     later = make_event("login", user_id="u1", event_time=T0 + 2 * LATENESS, ingest_delay=timedelta(0))
     logic.on_batch([("p3", later)])
     assert set(logic.seen) == {later["event_id"]}, "ids past their lateness are forgotten"
     late_copy = dict(first, ingest_time=T0 + 2 * LATENESS)
     out, _ = logic.on_batch([("p4", late_copy)])
-    assert out[0][1].reason == "late"
+    assert [d.reason for d in out[0].drops] == ["late"] and not out[0].forward
     no_consent = make_event("login", user_id="u1", event_time=T0 + 5 * LATENESS, ingest_delay=timedelta(0),
                             consent=False)
     out, discard = logic.on_batch([("p5", no_consent)])
-    assert out[0][1].reason == "no_consent" and discard, "nothing left to remember: the user's state is dropped"
+    assert [d.reason for d in out[0].drops] == ["no_consent"] and discard, \
+        "nothing left to remember: the user's state is dropped"
