@@ -18,6 +18,7 @@ from features.expr import (
     clip,
     coalesce,
     col,
+    contains_any,
     day_of_week,
     eq,
     ge,
@@ -59,6 +60,9 @@ EVENTS: Final = EventSource(
 COMMERCE = {"domain": "commerce"}
 ACCOUNT = {"domain": "account"}
 ENGAGE = {"domain": "engagement"}
+
+# Words of help searches that ask how to leave: cancel, close or delete the account, get money back, complain.
+CANCEL_INTENT_WORDS: Final = ("cancel", "close account", "delete account", "refund", "unsubscribe", "complain")
 
 
 
@@ -181,10 +185,14 @@ USER_ACCOUNT: Final = FeatureView(
                     dtype="int64", default=0, min_value=0, description="Sessions in the last 30 days"),
         _count("user_help_searches_24h", {E.HELP_SEARCH}, W24H, "Help searches in the last 24 hours"),
         _count("user_help_searches_7d", {E.HELP_SEARCH}, W7D, "Help searches in the last 7 days", tags=ACCOUNT),
+        _count("user_cancel_intent_searches_7d", {E.HELP_SEARCH}, W7D,
+               "Help searches about leaving (cancel, close or delete the account, refund, unsubscribe, complain) "
+               "in the last 7 days", tags=ACCOUNT, where=contains_any(col("query"), CANCEL_INTENT_WORDS)),
         _count("user_feature_uses_7d", {E.FEATURE_USE}, W7D, "Product-feature uses in the last 7 days"),
         _count("user_failed_feature_uses_7d", {E.FEATURE_USE}, W7D, "Failed product-feature uses in 7 days",
                where=eq(col("success"), False)),
         _count("user_events_24h", set(E), W24H, "Events of any type in the last 24 hours"),
+        _count("user_events_7d", set(E), W7D, "Events of any type in the last 7 days"),
         Aggregation(name="user_distinct_devices_24h", op=CountDistinct(), input=col("device_id"), window=W24H,
                     dtype="int64", description="Distinct devices used in the last 24 hours", default=0, min_value=0),
         Aggregation(name="user_onboarding_max_step_30d", op=Max(), input=col("step_index"),
@@ -205,6 +213,9 @@ USER_ACCOUNT: Final = FeatureView(
         # a churner's visits thin out before they stop.
         _weekly_change("user_login_freq_change_7d", "user_logins_7d", "user_logins_30d", "login"),
         _weekly_change("user_session_freq_change_7d", "user_sessions_7d", "user_sessions_30d", "session"),
+        Derived(name="user_events_per_session_7d", dtype="float64", default=0.0, min_value=0.0,
+                expr=coalesce(col("user_events_7d") / col("user_sessions_7d"), 0.0),
+                description="Events per session in the last 7 days: visits get shorter before a user leaves"),
     ),
 )
 

@@ -103,3 +103,19 @@ def test_compiled_expressions_equal_the_tree_walk() -> None:
             row = {n: rng.choice([None, T0]) if "at_" in n or n == "request_time" else rng.choice([None, 0, 3])
                    for n in f.expr.columns()}
             assert f.expr.fn(row) == f.expr.evaluate(row), f.name
+
+
+def test_cancel_intent_searches_match_words_not_whole_queries() -> None:
+    from features.catalog import CANCEL_INTENT_WORDS
+    from features.expr import col, contains_any
+
+    agg = next(a for a in REGISTRY.view("user_account").aggregations if a.name == "user_cancel_intent_searches_7d")
+    assert agg.where is not None
+    matches = {q: agg.where.fn({"query": q}) for q in ("How do I CANCEL my plan", "refund please", "track order",
+                                                        "close account now", "size guide")}
+    assert matches == {"How do I CANCEL my plan": True, "refund please": True, "track order": False,
+                       "close account now": True, "size guide": False}
+    assert agg.where.fn({"query": None}) is None and agg.where.evaluate({"query": "unsubscribe"}) is True
+    with pytest.raises(ValueError, match="lower-case"):
+        contains_any(col("query"), ("Cancel",))
+    assert CANCEL_INTENT_WORDS
