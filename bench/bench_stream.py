@@ -59,6 +59,7 @@ from pipelines.bytewax_builder import (
     _validate_one,
     publish_to_kafka,
     read_drops,
+    relax_gc,
 )
 from pipelines.eventlog import encode_json
 
@@ -188,6 +189,7 @@ def bench_flow(mode: str, path: str, out: str) -> Dataflow:
         from pipelines import feast_repo
 
         feast_repo.apply(settings)
+    relax_gc()  # as python -m bytewax.run "pipelines.bytewax_builder:build_flow(...)" does
     return BytewaxFeatureBuilder(settings, outputs=outputs).dataflow(source)
 
 

@@ -990,7 +990,7 @@ def read_drops(directory: Path) -> dict[str, int]:
 GC_GEN0_THRESHOLD = 1_000_000
 
 
-def _relax_gc() -> None:
+def relax_gc() -> None:
     """Collect cycles much less often in the process that runs the dataflow.
 
     The keyed state (tiles, partials, rows) is millions of small containers that never form cycles and
@@ -1008,9 +1008,9 @@ def _relax_gc() -> None:
 
 @contextlib.contextmanager
 def _relaxed_gc() -> Iterator[None]:
-    """:func:`_relax_gc` for the duration of an in-process run, then the caller's collector as it was."""
+    """:func:`relax_gc` for the duration of an in-process run, then the caller's collector as it was."""
     before = gc.get_threshold()
-    _relax_gc()
+    relax_gc()
     try:
         yield
     finally:
@@ -1211,7 +1211,7 @@ def build_flow(source: str | None = None, path: str | None = None, *, brokers: s
 
         feast_repo.apply(settings)
     builder = BytewaxFeatureBuilder(settings, clock=clock, outputs=outputs)
-    _relax_gc()  # this process runs the dataflow (python -m bytewax.run)
+    relax_gc()  # this process runs the dataflow (python -m bytewax.run)
     chosen = [REGISTRY.view(v) for v in views] if views else None
     return builder.dataflow(builder.default_source(path=path, tail=tail, rate=rate), chosen)
 
