@@ -25,23 +25,7 @@ from typing import Any
 
 from features.expr import Lit
 from features.semantics import EPOCH
-from features.spec import Feature, FeatureView, Window
-
-
-def _caster(feature: Feature) -> Callable[[Any], Any]:
-    """``feature.cast`` (default and dtype of a finalized value), without its per-call dispatch on the dtype."""
-    if type(feature).cast is not Feature.cast:
-        return feature.cast
-    default, dtype = feature.default, feature.dtype
-    if dtype == "int64":
-        return lambda v: default if v is None else int(v)
-    if dtype == "float64":
-        return lambda v: default if v is None else float(v)
-    if dtype == "timestamp":
-        return lambda v: default if v is None else v.replace(microsecond=0)
-    if dtype in ("string", "bool"):
-        return lambda v: default if v is None else v
-    return feature.cast
+from features.spec import FeatureView, Window
 
 
 class _Plan:
@@ -61,7 +45,7 @@ class _Plan:
         self.features = view.feature_names
         self.casts = tuple(a.cast for a in aggs)
         self.ops = tuple(a.op for a in aggs)
-        self.finish = tuple((a.op.merge_all, a.op.finalize, _caster(a)) for a in aggs)
+        self.finish = tuple((a.op.merge_all, a.op.finalize, a.caster()) for a in aggs)
         self.incremental = tuple(a.op.incremental for a in aggs)
         # derived features: (name, cast, fn, the aggregations it depends on as a bit mask (-1: unknown inputs),
         # whether fn reads the row as a sequence in feature order rather than a mapping)
@@ -74,7 +58,7 @@ class _Plan:
                 mask = -1 if m is None or m == -1 or mask == -1 else mask | m
             deps[d.name] = mask
             over_row = d.expr.columns() <= set(self.features)  # reads only features: evaluate over the row
-            derived.append((d.name, _caster(d), d.expr.fn_over(self.features) if over_row else d.expr.fn, mask,
+            derived.append((d.name, d.caster(), d.expr.fn_over(self.features) if over_row else d.expr.fn, mask,
                             over_row))
         self.derived = tuple(derived)
         self.windows: tuple[Window, ...] = tuple(dict.fromkeys(a.window for a in aggs))
@@ -91,7 +75,7 @@ class _Plan:
         self.empty = tuple(a.cast(a.op.finalize(a.op.init())) for a in aggs)
         empty_row = dict(zip(self.names, self.empty, strict=True))
         for d in view.derived:
-            empty_row[d.name] = _caster(d)(d.expr.fn(empty_row))
+            empty_row[d.name] = d.caster()(d.expr.fn(empty_row))
         self.empty_row = tuple(empty_row.values())  # every feature of a key without partials
         self.full = (1 << len(aggs)) - 1
         # per event type, per window it touches: (window, tile width, tile start to expiry, slots per tile, and

@@ -12,7 +12,6 @@ import pytest
 from features.aggregations import AGGREGATORS, Count, Max, Min, Sum
 from features.events import validate_event
 from features.registry import REGISTRY
-from features.state import _caster
 from pipelines.bytewax_builder import _fast_validate, _validate_one
 from pipelines.eventlog import decode_json, encode_json
 from tests.adversarial import adversarial_log
@@ -61,7 +60,7 @@ def test_casts_equal_the_spec_casts() -> None:
                                      "timestamp": [None, t], "array<string>": [None, [], ["a", 1]]}
     for view in REGISTRY.views:
         for f in view.features:
-            cast = _caster(f)
+            cast = f.caster()
             for v in samples[f.dtype]:
                 assert cast(v) == f.cast(v) and type(cast(v)) is type(f.cast(v))
 
