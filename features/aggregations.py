@@ -264,7 +264,8 @@ class TopK(Aggregator):
     def finalize(self, state: dict[Any, int]) -> list[Any]:
         if len(state) > 64:
             return [v for v, _ in heapq.nsmallest(self.k, state.items(), key=_by_count_then_value)]
-        return [v for v, _ in sorted(state.items(), key=_by_count_then_value)[:self.k]]  # keys differ: no ties
+        # (-count, value) pairs sort as _by_count_then_value orders them, without a call per item; keys differ
+        return [v for _, v in sorted([(-c, v) for v, c in state.items()])[:self.k]]
 
 
 def _by_count_then_value(vc: tuple[Any, int]) -> tuple[int, Any]:

@@ -127,12 +127,27 @@ class Feature:
         default, convert = self.default, _CONVERT.get(self.dtype)
         if convert is None:
             return lambda v: default if v is None else v
+        if convert is _whole_seconds:
+            # a timestamp feature is re-cast each time its aggregation changes, mostly to the same datetime
+            # (a first-seen time, a minimum): remember the last one, (value, result) swapped in one assignment
+            memo: list[tuple[Any, Any]] = [(None, default)]
+
+            def cast_time(v: Any) -> Any:
+                last = memo[0]
+                if v is last[0]:
+                    return last[1]
+                out = _whole_seconds(v)
+                memo[0] = (v, out)
+                return out
+
+            return cast_time
         return lambda v: default if v is None else convert(v)
 
 
 def _whole_seconds(ts: datetime) -> datetime:
     # Feast stores timestamps as whole Unix seconds; the spec says so, for every engine.
-    return ts.replace(microsecond=0)
+    us = ts.microsecond
+    return ts - timedelta(microseconds=us) if us else ts
 
 
 # dtype -> conversion of a non-null finalized value (other dtypes are kept as they are)

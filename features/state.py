@@ -13,19 +13,23 @@ one tile of one window share a list (one slot per aggregation of that window), t
 last row is kept and only what changed since is recomputed (the aggregations whose
 tiles changed, the derived features that read them), and the merged state of an
 ``incremental`` aggregation (count, min, max, last, distinct, top-k) is updated as
-events come instead of re-merging its tiles.
+events come instead of re-merging its tiles. Inside, times are integer microseconds
+since the Unix epoch (tile starts, expiries, the clock): hashing and arithmetic on
+timezone-aware datetimes cost several times more. The methods take and return UTC
+datetimes; the ``_us`` variants take the integers.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from features.expr import Lit
 from features.semantics import EPOCH
 from features.spec import FeatureView, Window
+
+_US = timedelta(microseconds=1)
 
 
 class _Plan:
@@ -36,7 +40,7 @@ class _Plan:
     """
 
     __slots__ = ("by_type", "casts", "derived", "empty", "empty_row", "features", "finish", "full", "incremental",
-                 "loc", "names", "ops", "spans", "view", "window_aggs", "windows")
+                 "loc", "names", "ops", "spans", "view", "window_aggs", "window_slots", "windows")
 
     def __init__(self, view: FeatureView) -> None:
         self.view = view  # holding the view keeps its id from being reused
@@ -62,15 +66,17 @@ class _Plan:
                             over_row))
         self.derived = tuple(derived)
         self.windows: tuple[Window, ...] = tuple(dict.fromkeys(a.window for a in aggs))
-        self.spans = tuple(w.length + w.hop for w in self.windows)  # tile start -> tile expiry
+        self.spans = tuple((w.length + w.hop) // _US for w in self.windows)  # tile start -> tile expiry (us)
         window_aggs: list[list[int]] = [[] for _ in self.windows]
         loc: list[tuple[int, int]] = []
         for i, agg in enumerate(aggs):
             w = self.windows.index(agg.window)
-            loc.append((w, len(window_aggs[w])))
+            loc.append((w, len(window_aggs[w]) + 1))  # (window, slot in its tiles: slot 0 is the tile start)
             window_aggs[w].append(i)
         self.loc = tuple(loc)
         self.window_aggs = tuple(tuple(a) for a in window_aggs)
+        # per window: (slot, bit, index) of each aggregation, for dropping a tile
+        self.window_slots = tuple(tuple((j, 1 << i, i) for j, i in enumerate(a, 1)) for a in window_aggs)
         # the value of an aggregation without partials (finalize of the identity, defaults and dtype applied)
         self.empty = tuple(a.cast(a.op.finalize(a.op.init())) for a in aggs)
         empty_row = dict(zip(self.names, self.empty, strict=True))
@@ -78,9 +84,9 @@ class _Plan:
             empty_row[d.name] = d.caster()(d.expr.fn(empty_row))
         self.empty_row = tuple(empty_row.values())  # every feature of a key without partials
         self.full = (1 << len(aggs)) - 1
-        # per event type, per window it touches: (window, tile width, tile start to expiry, slots per tile, and
-        # per aggregation reading it (bit, index, slot, where, input (None: the constant), the constant, update,
-        # init)); tile_start and tile_expiry are inlined in add
+        # per event type, per window it touches: (window, tile width, tile start to expiry (both in us), aggregations
+        # per tile, and per aggregation reading it (bit, index, slot, where, input (None: the constant), the
+        # constant, update, init)); tile_start and tile_expiry are inlined in add
         by_type: dict[str, dict[int, list[tuple[int, int, int, Any, Any, Any, Any, Any]]]] = {}
         for i, agg in enumerate(aggs):
             where = agg.where.fn if agg.where is not None else None
@@ -91,9 +97,18 @@ class _Plan:
                 by_type.setdefault(str(et), {}).setdefault(w, []).append(
                     (1 << i, i, j, where, value_of, const, agg.op.update, agg.op.init))
         self.by_type = {
-            et: tuple((w, self.windows[w].hop, self.windows[w].length + self.windows[w].hop,
-                       len(self.window_aggs[w]), tuple(targets)) for w, targets in sorted(groups.items()))
+            et: tuple((w, self.windows[w].hop // _US, self.spans[w], len(self.window_aggs[w]), tuple(targets))
+                      for w, targets in sorted(groups.items()))
             for et, groups in by_type.items()}
+
+
+def to_us(t: datetime) -> int:
+    """A UTC datetime as integer microseconds since the Unix epoch."""
+    return (t - EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
 
 
 _PLANS: dict[int, _Plan] = {}
@@ -109,26 +124,30 @@ def _plan(view: FeatureView) -> _Plan:
 _UNKNOWN: Any = object()  # a merged state that must be merged from the tiles again
 _PENDING: Any = object()  # a tile not looked up yet
 
-Tiles = list[dict[datetime, list[Any]] | None]  # per window: tile start -> one partial (or None) per aggregation
+Tile = list[Any]  # [tile start (us), then one partial (or None) per aggregation of the window]
+Tiles = list[list[Tile] | None]  # per window: its live tiles in tile order (None: none)
 Snapshot = Tiles
 
 
 class ViewState:
     """The live tiles of every aggregation of ``view`` for one key.
 
-    Tiles are kept per window (``tiles[w][tile_start]`` is a list with one partial per
-    aggregation of window ``w``, ``None`` where it has none); a window without live tiles
-    holds ``None``. The finalized aggregations are kept between calls: :meth:`row` and
-    :meth:`values` re-merge and re-cast only the aggregations whose tiles changed since the
-    last call, then evaluate the derived features.
+    Tiles are kept per window, oldest first: ``tiles[w]`` is a list of tiles, each a list
+    ``[tile start, partial of each aggregation of window w (None where it has none)]``; a
+    window without live tiles holds ``None``. Events mostly land in a window's newest tile
+    and tiles leave a window oldest first, so a list beats a map here, and the next expiry
+    is the earliest of each window's oldest tile (kept in ``_next``, no timer heap). The
+    finalized aggregations are kept between calls: :meth:`row` and :meth:`values` re-merge
+    and re-cast only the aggregations whose tiles changed since the last call, then
+    evaluate the derived features.
     """
 
-    __slots__ = ("_dirty", "_expiries", "_merged", "_plan", "_row", "tiles")
+    __slots__ = ("_dirty", "_merged", "_next", "_plan", "_row", "tiles")
 
     def __init__(self, view: FeatureView) -> None:
         self._plan = _plan(view)
         self.tiles: Tiles = [None] * len(self._plan.windows)
-        self._expiries: list[tuple[datetime, int, datetime]] = []  # (expiry, window index, tile)
+        self._next: int | None = None  # the next tile expiry (us), None without tiles
         self._row: tuple[Any, ...] | None = None  # the last row, once computed
         self._dirty = 0  # bit i: aggregation i changed since the last row (a new state is all defaults)
         # the merged state of each incremental aggregation, kept up to date by add (_UNKNOWN: merge the tiles);
@@ -141,7 +160,7 @@ class ViewState:
 
     # -- checkpoints (the stream's recovery snapshots) -------------------------------------------
     def snapshot(self) -> Snapshot:
-        """The state as plain data: the tiles (the expiry heap follows from them)."""
+        """The state as plain data: the tiles (the next expiry follows from them)."""
         return self.tiles
 
     @classmethod
@@ -150,8 +169,7 @@ class ViewState:
         state.tiles = snapshot
         state._dirty = state._plan.full  # every aggregation may have partials
         spans = state._plan.spans
-        state._expiries = [(tile + spans[w], w, tile) for w, tiles in enumerate(snapshot) if tiles for tile in tiles]
-        heapq.heapify(state._expiries)
+        state._next = min((wt[0][0] + spans[w] for w, wt in enumerate(snapshot) if wt), default=None)
         return state
 
     # -- events and time -----------------------------------------------------------------------
@@ -163,13 +181,14 @@ class ViewState:
         accepted = False
         now = event["ingest_time"]
         event_time = event["event_time"]
+        now_us = et_us = 0
         order_key = None
         dirty = self._dirty
         merged = self._merged
         if merged is None and self._row is not None:  # a key with more than one change: keep merged states
             merged = self._merged = [_UNKNOWN] * len(self._plan.loc)
         for w, hop, span, width, targets in groups:
-            slots: list[Any] | None = _PENDING  # the event's tile of this window; None: it has expired
+            slots: Tile | None = _PENDING  # the event's tile of this window; None: it has expired
             for bit, i, j, where, value_of, value, update, init in targets:
                 if where is not None and not where(event):
                     continue
@@ -179,18 +198,13 @@ class ViewState:
                         continue
                 accepted = True
                 if slots is _PENDING:
-                    tile = event_time - (event_time - EPOCH) % hop  # tile_start
+                    if not et_us:
+                        et_us = (event_time - EPOCH) // _US
+                        now_us = (now - EPOCH) // _US
+                    tile = et_us - et_us % hop  # tile_start
                     expiry = tile + span  # tile_expiry
-                    if expiry <= now:  # arrived after its tile left the window: never counts
-                        slots = None
-                    else:
-                        tiles = self.tiles[w]
-                        if tiles is None:
-                            tiles = self.tiles[w] = {}
-                        slots = tiles.get(tile)
-                        if slots is None:
-                            slots = tiles[tile] = [None] * width
-                            heapq.heappush(self._expiries, (expiry, w, tile))
+                    # arrived after its tile left the window: never counts
+                    slots = None if expiry <= now_us else self._tile(w, tile, expiry, width)
                 if slots is None:
                     continue
                 if order_key is None:
@@ -205,44 +219,93 @@ class ViewState:
         self._dirty = dirty
         return accepted
 
+    def _tile(self, w: int, tile: int, expiry: int, width: int) -> Tile:
+        """Window ``w``'s tile starting at ``tile``, made if new (in order: usually the newest)."""
+        live = self.tiles[w]
+        if live is not None:
+            newest = live[-1]
+            start = newest[0]
+            if start == tile:
+                return newest
+            if start < tile:
+                slots = [tile, *([None] * width)]
+                live.append(slots)
+                return slots
+            k = len(live) - 2  # an out-of-order event: an older tile
+            while k >= 0 and live[k][0] > tile:
+                k -= 1
+            if k >= 0 and live[k][0] == tile:
+                return live[k]
+            slots = [tile, *([None] * width)]
+            live.insert(k + 1, slots)
+            if k >= 0:
+                return slots
+        else:
+            slots = [tile, *([None] * width)]
+            self.tiles[w] = [slots]
+        nxt = self._next  # a window's oldest tile is new: it may leave first
+        if nxt is None or expiry < nxt:
+            self._next = expiry
+        return slots
+
     def next_expiry(self) -> datetime | None:
         """When the next tile leaves its window (a timer for the stream)."""
-        return self._expiries[0][0] if self._expiries else None
+        return None if self._next is None else EPOCH + timedelta(microseconds=self._next)
+
+    def next_expiry_us(self) -> int | None:
+        return self._next
 
     def advance(self, now: datetime) -> bool:
         """Drop every tile whose window has passed by ``now``; True if any was dropped."""
-        expiries = self._expiries
-        if not expiries or expiries[0][0] > now:
+        return self.advance_us((now - EPOCH) // _US)
+
+    def advance_us(self, now: int) -> bool:
+        nxt = self._next
+        if nxt is None or nxt > now:
             return False
-        window_aggs, all_tiles = self._plan.window_aggs, self.tiles
-        while expiries and expiries[0][0] <= now:
-            _, w, tile = heapq.heappop(expiries)
-            tiles = all_tiles[w]
-            assert tiles is not None
-            slots = tiles.pop(tile)
-            if not tiles:
+        plan = self._plan
+        spans, window_slots, all_tiles, merged = plan.spans, plan.window_slots, self.tiles, self._merged
+        dirty = self._dirty
+        nxt = None
+        for w, live in enumerate(all_tiles):
+            if live is None:
+                continue
+            span = spans[w]
+            k = 0
+            n = len(live)
+            while k < n and live[k][0] + span <= now:
+                slots = live[k]
+                for j, bit, i in window_slots[w]:
+                    if slots[j] is not None:
+                        dirty |= bit
+                        if merged is not None:
+                            merged[i] = _UNKNOWN
+                k += 1
+            if k == n:
                 all_tiles[w] = None
-            merged = self._merged
-            for j, i in enumerate(window_aggs[w]):
-                if slots[j] is not None:
-                    self._dirty |= 1 << i
-                    if merged is not None:
-                        merged[i] = _UNKNOWN
+                continue
+            if k:
+                del live[:k]
+            expiry = live[0][0] + span
+            if nxt is None or expiry < nxt:
+                nxt = expiry
+        self._next = nxt
+        self._dirty = dirty
         return True
 
     def run_expiries(self, limit: datetime | None, inclusive: bool, make: Callable[[datetime, tuple[Any, ...]], Any],
                      out: list[Any]) -> datetime | None:
         """Run the expiries before ``limit`` (up to it if ``inclusive``; all if ``None``), appending
         ``make(expiry, row())`` per distinct expiry time to ``out``; returns the last expiry run, if any."""
-        expiries = self._expiries
+        stop = None if limit is None else (limit - EPOCH) // _US
         last = None
-        while expiries:
-            nxt = expiries[0][0]
-            if limit is not None and (nxt > limit or (nxt == limit and not inclusive)):
+        while True:
+            nxt = self._next
+            if nxt is None or (stop is not None and (nxt > stop or (nxt == stop and not inclusive))):
                 break
-            self.advance(nxt)
-            out.append(make(nxt, self.row()))
-            last = nxt
+            self.advance_us(nxt)
+            last = EPOCH + timedelta(microseconds=nxt)
+            out.append(make(last, self.row()))
         return last
 
     # -- values --------------------------------------------------------------------------------
@@ -274,8 +337,8 @@ class ViewState:
                     vals[i] = cast(finalize(m))
                     continue
             w, j = loc[i]
-            tiles = all_tiles[w]
-            partials = [s[j] for s in tiles.values() if s[j] is not None] if tiles else None
+            live = all_tiles[w]
+            partials = [s[j] for s in live if s[j] is not None] if live else None
             if not partials:
                 vals[i] = empty[i]
             elif merged is not None and incremental[i]:
@@ -316,7 +379,7 @@ class ViewState:
         return dict(zip(self._plan.features, self.row(), strict=True))
 
     def is_empty(self) -> bool:
-        return not self._expiries
+        return self._next is None
 
 
 def sweep(
@@ -335,18 +398,20 @@ def sweep(
         if pending is not None and now != pending:
             yield pending, state.values()
             pending = None
-        expiry = state.next_expiry()
-        while expiry is not None and expiry < now:
-            state.advance(expiry)
-            yield expiry, state.values()
-            expiry = state.next_expiry()
-        dropped = state.advance(now)
+        now_us = to_us(now)
+        expiry = state.next_expiry_us()
+        while expiry is not None and expiry < now_us:
+            state.advance_us(expiry)
+            yield from_us(expiry), state.values()
+            expiry = state.next_expiry_us()
+        dropped = state.advance_us(now_us)
         if state.add(e) or dropped:
             pending = now
     if pending is not None:
         yield pending, state.values()
-    expiry = state.next_expiry()
-    while expiry is not None and (until is None or expiry <= until):
-        state.advance(expiry)
-        yield expiry, state.values()
-        expiry = state.next_expiry()
+    stop = None if until is None else to_us(until)
+    expiry = state.next_expiry_us()
+    while expiry is not None and (stop is None or expiry <= stop):
+        state.advance_us(expiry)
+        yield from_us(expiry), state.values()
+        expiry = state.next_expiry_us()
