@@ -103,6 +103,7 @@ import pickle
 import sqlite3
 import threading
 import time
+import weakref
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -130,9 +131,9 @@ from features.events import (
     validate_event,
 )
 from features.registry import REGISTRY, Registry
-from features.semantics import Drop, EventRules
+from features.semantics import EPOCH, Drop, EventRules
 from features.spec import FeatureView
-from features.state import ViewState
+from features.state import _US, ViewState
 from pipelines.builder import BuildReport, FeatureBuilder
 from pipelines.eventlog import DeadLetterStore, decode_json, encode_json
 
@@ -505,10 +506,11 @@ def _fold(name: str, key: str, state: ViewState, now: datetime | None, events: I
         if pending is not None and t != pending:
             out.append(Row(name, key, pending, state.row()))
             pending = None
-        nxt = state.next_expiry()
-        if nxt is not None and nxt < t:
+        t_us = (t - EPOCH) // _US
+        nxt = state.next_expiry_us()
+        if nxt is not None and nxt < t_us:
             now = _expire(name, key, state, now, out, t, inclusive=False)
-        dropped = state.advance(t)
+        dropped = state.advance_us(t_us)
         if state.add(e) or dropped:
             pending = t
         now = t
@@ -536,13 +538,81 @@ class _Out(NamedTuple):
     forward: list[tuple[str, tuple[str, Event]]]
 
 
-class _UserLogic(StatefulBatchLogic):  # type: ignore[misc]
+_FREEZE_LOCK = threading.Lock()  # a snapshot may be frozen by its logic's worker and pickled by another's
+
+
+class _Snapshot:
+    """A key's recovery snapshot, copied only if it must be: copy-on-write instead of a copy per key and epoch.
+
+    Bytewax asks every key touched in an epoch for an immutable snapshot at the epoch's end,
+    whether or not recovery is on. Pickling each one cost a tenth of the dataflow's time, and most
+    are never read: without recovery Bytewax drops them at once, with it the recovery writer pickles
+    them within the epoch. So :meth:`_Lazy.snapshot` hands out this handle to the live state and
+    keeps a weak reference to it; before the logic next mutates its state it calls
+    :meth:`_Lazy.thaw`, which pickles the state into the handle *if the handle is still alive*.
+    Either way the handle pickles as the ``bytes`` a copying ``snapshot`` would return, and it
+    never sees a change made after it was taken.
+    """
+
+    __slots__ = ("__weakref__", "_data", "_logic")
+
+    def __init__(self, logic: _Lazy) -> None:
+        self._logic: _Lazy | None = logic
+        self._data: bytes | None = None
+
+    def freeze(self) -> bytes:
+        with _FREEZE_LOCK:
+            if self._data is None:
+                assert self._logic is not None
+                self._data, self._logic = self._logic.dump(), None
+            return self._data
+
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
+        return bytes, (self.freeze(),)
+
+
+class _Lazy(StatefulBatchLogic):  # type: ignore[misc]
+    """A keyed logic whose snapshots are copy-on-write (:class:`_Snapshot`): ``dump`` pickles the state, and every
+    method that mutates it calls :meth:`thaw` first."""
+
+    __slots__ = ("_snap",)
+
+    def __init__(self) -> None:
+        self._snap: weakref.ref[_Snapshot] | None = None
+
+    @staticmethod
+    def loads(resume: bytes | _Snapshot) -> Any:
+        return pickle.loads(resume.freeze() if isinstance(resume, _Snapshot) else resume)
+
+    def dump(self) -> bytes:
+        raise NotImplementedError
+
+    def thaw(self) -> None:
+        """Before a mutation: copy the state into the last snapshot if anything still holds it."""
+        ref = self._snap
+        if ref is not None:
+            self._snap = None
+            snap = ref()
+            if snap is not None:
+                snap.freeze()
+
+    def snapshot(self) -> _Snapshot:
+        ref = self._snap
+        snap = ref() if ref is not None else None
+        if snap is None:  # unchanged since the last one, which is still held: hand it out again
+            snap = _Snapshot(self)
+            self._snap = weakref.ref(snap)
+        return snap
+
+
+class _UserLogic(_Lazy):
     """One user: admission (rules 2-4, with the ids it must remember for duplicates) and the ViewState of every
     view keyed by the user, in one step; admitted events of views keyed otherwise are routed on."""
 
     __slots__ = ("heap", "key", "nows", "plan", "seen", "states")
 
-    def __init__(self, plan: _Plan, resume: bytes | None) -> None:
+    def __init__(self, plan: _Plan, resume: bytes | _Snapshot | None) -> None:
+        super().__init__()
         self.plan = plan
         n = len(plan.own)
         self.key = ""
@@ -551,7 +621,7 @@ class _UserLogic(StatefulBatchLogic):  # type: ignore[misc]
         self.states: list[ViewState | None] = [None] * n
         self.nows: list[datetime | None] = [None] * n  # each view's data clock: latest time processed
         if resume is not None:
-            self.key, self.seen, saved = pickle.loads(resume)
+            self.key, self.seen, saved = self.loads(resume)
             self.heap = [(t, i) for i, t in self.seen.items()]
             heapq.heapify(self.heap)
             for v, s in enumerate(saved):
@@ -560,6 +630,7 @@ class _UserLogic(StatefulBatchLogic):  # type: ignore[misc]
                     self.states[v] = ViewState.restore(plan.own[v][0], s[1])
 
     def on_batch(self, items: list[Positioned]) -> tuple[list[_Out], bool]:
+        self.thaw()
         rules, seen, heap = self.plan.rules, self.seen, self.heap
         lateness = rules.allowed_lateness
         admitted: list[Event] = []
@@ -614,19 +685,29 @@ class _UserLogic(StatefulBatchLogic):  # type: ignore[misc]
         return [_Out(rows, [], [])] if rows else []
 
     def on_notify(self) -> tuple[list[_Out], bool]:
+        self.thaw()
         clock = self.plan.clock
         out: list[_Out] = []
         if clock.is_live:
             due = clock.due()
-            while self.heap and self.heap[0][0] < due:
-                self.seen.pop(heapq.heappop(self.heap)[1], None)
+            self._forget(due)
             out = self._expire_all(due)
         return out, self._discard()
 
     def on_eof(self) -> tuple[list[_Out], bool]:
+        self.thaw()
         clock = self.plan.clock
-        out = self._expire_all(clock.until) if clock.flush_at_eof else []
+        out: list[_Out] = []
+        if clock.flush_at_eof:  # the clock runs on to ``until``: ids whose lateness ran out by then go too
+            self._forget(clock.until)
+            out = self._expire_all(clock.until)
         return out, self._discard()
+
+    def _forget(self, limit: datetime | None) -> None:
+        """Forget the ids whose copies arriving after ``limit`` would be late anyway (all if ``None``)."""
+        heap, seen = self.heap, self.seen
+        while heap and (limit is None or heap[0][0] < limit):
+            seen.pop(heapq.heappop(heap)[1], None)
 
     def notify_at(self) -> datetime | None:
         clock = self.plan.clock
@@ -638,18 +719,19 @@ class _UserLogic(StatefulBatchLogic):  # type: ignore[misc]
         due = min((t for t in times if t is not None), default=None)
         return None if due is None else clock.wall(due)
 
-    def snapshot(self) -> bytes:
+    def dump(self) -> bytes:
         saved = [None if s is None else (self.nows[v], s.snapshot()) for v, s in enumerate(self.states)]
         return pickle.dumps((self.key, self.seen, saved), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
+class _ViewLogic(_Lazy):
     """The ViewState of one ``view|key`` (views not keyed by the user), emitting sweep's rows; see the module
     docstring for timers. Each call emits one list of rows (or nothing)."""
 
     __slots__ = ("clock", "key", "now", "state", "view_name", "views")
 
-    def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | None) -> None:
+    def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | _Snapshot | None) -> None:
+        super().__init__()
         self.views = views
         self.clock = clock
         self.state: ViewState | None = None
@@ -657,10 +739,11 @@ class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
         self.key = ""
         self.now: datetime | None = None  # the key's data clock: latest time processed
         if resume is not None:
-            self.view_name, self.key, self.now, snapshot = pickle.loads(resume)
+            self.view_name, self.key, self.now, snapshot = self.loads(resume)
             self.state = ViewState.restore(views[self.view_name], snapshot)
 
     def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[list[Row]], bool]:
+        self.thaw()
         if self.state is None:
             self.view_name, first = items[0]
             view = self.views[self.view_name]
@@ -677,10 +760,12 @@ class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
         return [out] if out else []
 
     def on_notify(self) -> tuple[list[list[Row]], bool]:
+        self.thaw()
         out = self._expire(self.clock.due()) if self.state is not None and self.clock.is_live else []
         return out, self.state is None or self.state.is_empty()
 
     def on_eof(self) -> tuple[list[list[Row]], bool]:
+        self.thaw()
         out = self._expire(self.clock.until) if self.state is not None and self.clock.flush_at_eof else []
         return out, self.state is None or self.state.is_empty()
 
@@ -690,7 +775,7 @@ class _ViewLogic(StatefulBatchLogic):  # type: ignore[misc]
         nxt = self.state.next_expiry()
         return None if nxt is None else self.clock.wall(nxt)
 
-    def snapshot(self) -> bytes:
+    def dump(self) -> bytes:
         state = self.state
         assert state is not None
         return pickle.dumps((self.view_name, self.key, self.now, state.snapshot()), protocol=pickle.HIGHEST_PROTOCOL)
@@ -987,7 +1072,8 @@ def read_drops(directory: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------- the builder
-GC_GEN0_THRESHOLD = 1_000_000
+GC_GEN0_THRESHOLD = 10_000_000
+GC_GEN1_THRESHOLD = 1_000
 
 
 def relax_gc() -> None:
@@ -1002,7 +1088,7 @@ def relax_gc() -> None:
     """
     gen0, gen1, gen2 = gc.get_threshold()
     if gen0 and gen0 < GC_GEN0_THRESHOLD:
-        gc.set_threshold(GC_GEN0_THRESHOLD, max(gen1, 50), max(gen2, 1000))
+        gc.set_threshold(GC_GEN0_THRESHOLD, max(gen1, GC_GEN1_THRESHOLD), max(gen2, 1000))
     gc.freeze()
 
 

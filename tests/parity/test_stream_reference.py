@@ -279,6 +279,71 @@ def test_view_state_snapshot_round_trips_and_continues_identically() -> None:
     assert c.state is not None and c.state.values() == at_head and c.now == head[-1]["ingest_time"]
 
 
+def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None:
+    """Bytewax asks each key touched in an epoch for a snapshot, recovery or not: a held snapshot keeps the state
+    of its moment however the logic goes on, and one nobody holds any more is never pickled."""
+    view = REGISTRY.view("user_commerce")
+    plan = _Plan(
+        own=((view, frozenset(str(t) for a in view.aggregations for t in a.event_types)),),
+        routes=(),
+        views={view.name: view},
+        rules=RULES,
+        clock=StreamClock(),
+    )
+    events = [e for e in in_arrival_order(adversarial_log(7)) if e["user_id"] == "u1"]
+    head, tail = events[: len(events) // 2], events[len(events) // 2 :]
+    dumps = 0
+
+    class Counting(_UserLogic):
+        def dump(self) -> bytes:
+            nonlocal dumps
+            dumps += 1
+            return super().dump()
+
+    logic = Counting(plan, None)
+    logic.on_batch([(f"p{i}", e) for i, e in enumerate(head)])
+    held = logic.snapshot()
+    assert logic.snapshot() is held and dumps == 0, "unchanged since: the same handle, nothing copied yet"
+    at_head = pickle.dumps(held)
+    rest = logic.on_batch([(f"q{i}", e) for i, e in enumerate(tail)])[0] + logic.on_eof()[0]
+    assert dumps == 1, "the held snapshot was copied once, before the first change"
+    assert pickle.dumps(held) == at_head and dumps == 1
+    again = _UserLogic(plan, pickle.loads(at_head))  # resumes from the head: the same rows as the original
+    assert again.on_batch([(f"q{i}", e) for i, e in enumerate(tail)])[0] + again.on_eof()[0] == rest
+
+    dropped = Counting(plan, None)
+    dumps = 0
+    dropped.on_batch([(f"p{i}", e) for i, e in enumerate(head)])
+    dropped.snapshot()  # not kept, as Bytewax does without recovery
+    dropped.on_batch([(f"q{i}", e) for i, e in enumerate(tail)])
+    assert dumps == 0, "a snapshot nobody holds is never pickled"
+
+
+def test_at_eof_a_flushed_user_forgets_its_ids_and_is_discarded() -> None:
+    """With the EOF flush the key's clock runs to ``until``: ids whose lateness has run out by then go, so a user
+    with nothing left is discarded rather than snapshotted."""
+    session = REGISTRY.view("session_activity")
+    plan = _Plan(
+        own=(),
+        routes=(BytewaxFeatureBuilder.router(session),),
+        views={session.name: session},
+        rules=RULES,
+        clock=StreamClock(),
+    )
+    logic = _UserLogic(plan, None)
+    e = make_event("login", user_id="u1", event_time=T0, ingest_delay=timedelta(0))
+    assert logic.on_batch([("p1", e)])[1] is False
+    assert logic.on_eof() == ([], True) and not logic.seen
+    bounded = _UserLogic(
+        _Plan(own=(), routes=plan.routes, views=plan.views, rules=RULES, clock=StreamClock(until=T0 + LATENESS / 2)),
+        None,
+    )
+    bounded.on_batch([("p1", e)])
+    assert bounded.on_eof() == ([], False) and set(bounded.seen) == {e["event_id"]}, (
+        "until the lateness runs out, a copy is still a duplicate"
+    )
+
+
 def test_admission_forgets_ids_after_the_allowed_lateness_and_is_discarded_when_empty() -> None:
     session = REGISTRY.view("session_activity")  # admission alone, routing to a view keyed by session
     plan = _Plan(own=(), routes=(BytewaxFeatureBuilder.router(session),),
