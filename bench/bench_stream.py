@@ -155,8 +155,8 @@ class _TimedPartition(_JsonlReplayPartition):
 
 
 class TimedReplaySource(JsonlReplaySource):
-    def __init__(self, path: str | Path, marker: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, marker: Path, *, batch_size: int) -> None:
+        super().__init__(path, batch_size=batch_size)
         self.marker = marker
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _TimedPartition:
@@ -175,7 +175,8 @@ class NullSink(DynamicSink[Any]):  # type: ignore[misc]
 
 def bench_flow(mode: str, path: str, out: str) -> Dataflow:
     """The dataflow of one throughput mode, for ``python -m bytewax.run "bench.bench_stream:bench_flow(...)"``."""
-    source = TimedReplaySource(path, Path(out) / "first_read")
+    settings = load_settings(data_dir=out, online_store={"type": "sqlite", "path": str(Path(out) / "online.db")})
+    source = TimedReplaySource(path, Path(out) / "first_read", batch_size=settings.stream.batch_size)
     if mode in ("passthrough", "validate"):
         flow = Dataflow(f"bench_{mode}")
         stream = op.input("source", flow, source)
@@ -183,7 +184,6 @@ def bench_flow(mode: str, path: str, out: str) -> Dataflow:
             stream = op.map("validate", stream, _validate_one)
         op.output("null", stream, NullSink())
         return flow
-    settings = load_settings(data_dir=out, online_store={"type": "sqlite", "path": str(Path(out) / "online.db")})
     outputs = StreamOutputs.from_settings(settings, online=mode == "engine+online")
     if outputs.online and not (settings.data_path / "registry.db").exists():
         from pipelines import feast_repo

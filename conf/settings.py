@@ -72,6 +72,10 @@ class StreamSettings(_Section):
     brokers: str = ""
     topic: str = "kairos.events"
     workers: int = 1
+    # Events per source read (the replay file; at most per Kafka poll, which returns what is there). A big
+    # batch holds many events of each active key, so each key's per-call costs in the keyed steps are shared:
+    # 5,000 -> 50,000 took a 1,000-user replay from 11.8 to 9.0 s. A live stream still moves in small batches.
+    batch_size: int = Field(default=50_000, gt=0)
 
 
 class MlflowSettings(_Section):

@@ -275,7 +275,7 @@ class JsonlReplaySource(FixedPartitionedSource[Raw, tuple[int, int]]):  # type: 
     the replay (events per second of wall time); resume state is the byte offset and line number.
     """
 
-    def __init__(self, path: str | Path, *, batch_size: int = 5000, rate: float | None = None) -> None:
+    def __init__(self, path: str | Path, *, batch_size: int = 50_000, rate: float | None = None) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.rate = rate
@@ -1130,8 +1130,9 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         if stream.source == "kafka":
             if not stream.brokers:
                 raise ValueError("stream.brokers is required when stream.source is kafka")
-            return kafka_source(stream.brokers, stream.topic, tail=tail)
-        return JsonlReplaySource(path or self.settings.data_path / "stream.jsonl", rate=rate)
+            return kafka_source(stream.brokers, stream.topic, tail=tail, batch_size=stream.batch_size)
+        return JsonlReplaySource(path or self.settings.data_path / "stream.jsonl", batch_size=stream.batch_size,
+                                 rate=rate)
 
     # -- hooks -----------------------------------------------------------------------------------
     def validate(self, source: Stream, report: BuildReport) -> Stream:
