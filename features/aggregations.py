@@ -212,26 +212,56 @@ class Last(Aggregator):
 
 @dataclass(frozen=True, kw_only=True)
 class CountDistinct(Aggregator):
-    """Exact distinct count; state is the set of values (windows bound its size)."""
+    """Exact distinct count; state is the values seen (windows bound their number).
+
+    A few values are kept as a tuple, more as a set: most states (a tile, a user seen once) hold one or
+    two values, and an empty tuple is a shared constant where an empty set costs 216 bytes.
+    """
 
     kind: ClassVar[str] = "count_distinct"
     incremental: ClassVar[bool] = True
+    small: ClassVar[int] = 8  # values kept in a tuple before the state becomes a set
 
-    def init(self) -> set[Any]:
-        return set()
+    def init(self) -> tuple[Any, ...]:
+        return ()
 
-    def update(self, state: set[Any], value: Any, order_key: OrderKey) -> set[Any]:
-        state.add(value)
-        return state
+    def update(self, state: tuple[Any, ...] | set[Any], value: Any, order_key: OrderKey) -> tuple[Any, ...] | set[Any]:
+        if type(state) is set:
+            state.add(value)
+            return state
+        if value in state:
+            return state
+        if len(state) < self.small:
+            return (*state, value)
+        out = set(state)
+        out.add(value)
+        return out
 
-    def merge(self, a: set[Any], b: set[Any]) -> set[Any]:
+    def merge(self, a: tuple[Any, ...] | set[Any], b: tuple[Any, ...] | set[Any]) -> tuple[Any, ...] | set[Any]:
         if not b:
             return a
-        a |= b
+        if type(a) is set:
+            a.update(b)
+            return a
+        if type(b) is set:
+            out = set(a)  # a new set: b is never returned nor mutated
+            out.update(b)
+            return out
+        for v in b:
+            a = self.update(a, v, ())
         return a
 
-    def finalize(self, state: set[Any]) -> int:
+    def merge_all(self, partials: list[Any]) -> set[Any]:
+        out: set[Any] = set()  # always a new set, whatever the partials hold
+        for p in partials:
+            out.update(p)
+        return out
+
+    def finalize(self, state: tuple[Any, ...] | set[Any]) -> int:
         return len(state)
+
+    def copy(self, state: tuple[Any, ...] | set[Any]) -> tuple[Any, ...] | set[Any]:
+        return set(state) if type(state) is set else state  # a tuple is never mutated
 
 
 @dataclass(frozen=True, kw_only=True)

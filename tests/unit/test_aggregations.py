@@ -89,3 +89,19 @@ def test_mean_count_and_distinct() -> None:
     assert Mean().finalize(fold(Mean(), items)) == 4.0
     assert Count().finalize(fold(Count(), items)) == 4
     assert CountDistinct().finalize(fold(CountDistinct(), items)) == 3
+
+
+def test_count_distinct_grows_from_a_tuple_to_a_set_and_merges_across_the_two() -> None:
+    agg = CountDistinct()
+    rng = random.Random(5)
+    for _ in range(200):
+        items = [rng.randrange(30) for _ in range(rng.randint(0, 40))]
+        cut = rng.randint(0, len(items))
+        a, b = fold(agg, [(v, ()) for v in items[:cut]]), fold(agg, [(v, ()) for v in items[cut:]])
+        b_before = agg.copy(b)
+        assert agg.finalize(agg.merge(agg.copy(a), b)) == len(set(items))
+        assert b == b_before, "merge never mutates its second argument"
+        merged = agg.merge_all([a, b])
+        assert merged == set(items) and merged is not a and merged is not b
+    few, many = ([(v, ()) for v in range(n)] for n in (agg.small, agg.small + 1))
+    assert type(fold(agg, few)) is tuple and type(fold(agg, many)) is set
