@@ -40,7 +40,7 @@ class _Plan:
     """
 
     __slots__ = ("by_type", "casts", "derived", "empty", "empty_row", "features", "finish", "full", "incremental",
-                 "loc", "names", "ops", "spans", "view", "window_aggs", "window_slots", "windows")
+                 "loc", "names", "ops", "spans", "view", "window_aggs", "window_bits", "window_slots", "windows")
 
     def __init__(self, view: FeatureView) -> None:
         self.view = view  # holding the view keeps its id from being reused
@@ -75,8 +75,9 @@ class _Plan:
             window_aggs[w].append(i)
         self.loc = tuple(loc)
         self.window_aggs = tuple(tuple(a) for a in window_aggs)
-        # per window: (slot, bit, index) of each aggregation, for dropping a tile
+        # per window: (slot, bit, index) of each aggregation, for dropping a tile; the bits of all of them
         self.window_slots = tuple(tuple((j, 1 << i, i) for j, i in enumerate(a, 1)) for a in window_aggs)
+        self.window_bits = tuple(sum(1 << i for i in a) for a in window_aggs)
         # the value of an aggregation without partials (finalize of the identity, defaults and dtype applied)
         self.empty = tuple(a.cast(a.op.finalize(a.op.init())) for a in aggs)
         empty_row = dict(zip(self.names, self.empty, strict=True))
@@ -109,6 +110,18 @@ def to_us(t: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
+
+
+_AT: dict[int, datetime] = {}  # expiry times, which tiles align: few distinct ones, shared by many keys' rows
+
+
+def _at(us: int) -> datetime:
+    t = _AT.get(us)
+    if t is None:
+        if len(_AT) >= 100_000:
+            _AT.clear()
+        t = _AT[us] = EPOCH + timedelta(microseconds=us)
+    return t
 
 
 _PLANS: dict[int, _Plan] = {}
@@ -271,9 +284,15 @@ class ViewState:
             if live is None:
                 continue
             span = spans[w]
+            if live[-1][0] + span <= now:  # the whole window empties: each of its aggregations goes to its empty value
+                all_tiles[w] = None
+                dirty |= plan.window_bits[w]
+                if merged is not None:
+                    for i in plan.window_aggs[w]:
+                        merged[i] = _UNKNOWN
+                continue
             k = 0
-            n = len(live)
-            while k < n and live[k][0] + span <= now:
+            while live[k][0] + span <= now:  # the newest stays: k stops before n
                 slots = live[k]
                 for j, bit, i in window_slots[w]:
                     if slots[j] is not None:
@@ -281,9 +300,6 @@ class ViewState:
                         if merged is not None:
                             merged[i] = _UNKNOWN
                 k += 1
-            if k == n:
-                all_tiles[w] = None
-                continue
             if k:
                 del live[:k]
             expiry = live[0][0] + span
@@ -304,7 +320,7 @@ class ViewState:
             if nxt is None or (stop is not None and (nxt > stop or (nxt == stop and not inclusive))):
                 break
             self.advance_us(nxt)
-            last = EPOCH + timedelta(microseconds=nxt)
+            last = _at(nxt)
             out.append(make(last, self.row()))
         return last
 
@@ -330,15 +346,18 @@ class ViewState:
             low = dirty & -dirty
             dirty ^= low
             i = low.bit_length() - 1
+            w, j = loc[i]
+            live = all_tiles[w]
+            if live is None:  # no tiles left in its window
+                vals[i] = empty[i]
+                continue
             merge_all, finalize, cast = finish[i]
             if merged is not None:
                 m = merged[i]
                 if m is not _UNKNOWN:  # kept up to date by add
                     vals[i] = cast(finalize(m))
                     continue
-            w, j = loc[i]
-            live = all_tiles[w]
-            partials = [s[j] for s in live if s[j] is not None] if live else None
+            partials = [s[j] for s in live if s[j] is not None]
             if not partials:
                 vals[i] = empty[i]
             elif merged is not None and incremental[i]:
@@ -402,7 +421,7 @@ def sweep(
         expiry = state.next_expiry_us()
         while expiry is not None and expiry < now_us:
             state.advance_us(expiry)
-            yield from_us(expiry), state.values()
+            yield _at(expiry), state.values()
             expiry = state.next_expiry_us()
         dropped = state.advance_us(now_us)
         if state.add(e) or dropped:
@@ -413,5 +432,5 @@ def sweep(
     expiry = state.next_expiry_us()
     while expiry is not None and (stop is None or expiry <= stop):
         state.advance_us(expiry)
-        yield from_us(expiry), state.values()
+        yield _at(expiry), state.values()
         expiry = state.next_expiry_us()

@@ -612,7 +612,7 @@ class _UserLogic(_Lazy):
     __slots__ = ("heap", "key", "nows", "plan", "seen", "states")
 
     def __init__(self, plan: _Plan, resume: bytes | _Snapshot | None) -> None:
-        super().__init__()
+        self._snap = None  # _Lazy.__init__, inlined: one of these is made per user
         self.plan = plan
         n = len(plan.own)
         self.key = ""
@@ -630,7 +630,8 @@ class _UserLogic(_Lazy):
                     self.states[v] = ViewState.restore(plan.own[v][0], s[1])
 
     def on_batch(self, items: list[Positioned]) -> tuple[list[_Out], bool]:
-        self.thaw()
+        if self._snap is not None:
+            self.thaw()
         rules, seen, heap = self.plan.rules, self.seen, self.heap
         lateness = rules.allowed_lateness
         admitted: list[Event] = []
@@ -672,7 +673,7 @@ class _UserLogic(_Lazy):
         return ([_Out(rows, drops, forward)] if rows or drops or forward else []), self._discard()
 
     def _discard(self) -> bool:
-        return not self.seen and all(s is None for s in self.states)
+        return not self.seen and not any(self.states)
 
     def _expire_all(self, limit: datetime | None) -> list[_Out]:
         rows: list[Row] = []
@@ -711,7 +712,7 @@ class _UserLogic(_Lazy):
 
     def notify_at(self) -> datetime | None:
         clock = self.plan.clock
-        if not clock.is_live:
+        if clock.offset is None:  # not live
             return None
         times = [s.next_expiry() for s in self.states if s is not None]
         if self.heap:
@@ -731,7 +732,7 @@ class _ViewLogic(_Lazy):
     __slots__ = ("clock", "key", "now", "state", "view_name", "views")
 
     def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | _Snapshot | None) -> None:
-        super().__init__()
+        self._snap = None  # _Lazy.__init__, inlined: one of these is made per session
         self.views = views
         self.clock = clock
         self.state: ViewState | None = None
@@ -743,7 +744,8 @@ class _ViewLogic(_Lazy):
             self.state = ViewState.restore(views[self.view_name], snapshot)
 
     def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[list[Row]], bool]:
-        self.thaw()
+        if self._snap is not None:
+            self.thaw()
         if self.state is None:
             self.view_name, first = items[0]
             view = self.views[self.view_name]
@@ -770,7 +772,7 @@ class _ViewLogic(_Lazy):
         return out, self.state is None or self.state.is_empty()
 
     def notify_at(self) -> datetime | None:
-        if self.state is None or not self.clock.is_live:
+        if self.clock.offset is None or self.state is None:  # not live
             return None
         nxt = self.state.next_expiry()
         return None if nxt is None else self.clock.wall(nxt)
