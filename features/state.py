@@ -357,6 +357,10 @@ class ViewState:
                 if m is not _UNKNOWN:  # kept up to date by add
                     vals[i] = cast(finalize(m))
                     continue
+            if merged is None and len(live) == 1:  # one tile (a new key, a short window): no list to gather
+                p = live[0][j]
+                vals[i] = empty[i] if p is None else cast(finalize(p))
+                continue
             partials = [s[j] for s in live if s[j] is not None]
             if not partials:
                 vals[i] = empty[i]
