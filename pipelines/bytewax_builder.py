@@ -31,8 +31,8 @@ and dtypes come from the specs. One dataflow serves every view::
   arrival time of an accepted event (stamped with that ``ingest_time``) and one row per
   tile expiry (stamped with the expiry).
 * **Rows** are compact (:class:`Row`: the values as a tuple in spec order) and travel as
-  one list per key and call; the changelog encodes each list in one call. Every step
-  works on whole batches (``flat_map_batch``), not item by item.
+  one list per key and call; the changelog encodes a batch's rows in one call per log
+  file. Every step works on whole batches (``flat_map_batch``), not item by item.
 
 Timers: data time, not wall time
 --------------------------------
@@ -809,6 +809,24 @@ def _part_of(key: str) -> int:
     return zlib.adler32(key.encode())
 
 
+def _lines_by_part(parts: int) -> Callable[[list[tuple[str, list[Row]]]], list[tuple[str, bytes]]]:
+    """A batch of ``(state key, rows)`` as one encoded chunk per log part: a key goes to the part its key
+    would route it to (its rows stay together, in order), and the sink routes 4 items instead of one per key."""
+
+    def encode(xs: list[tuple[str, list[Row]]]) -> list[tuple[str, bytes]]:
+        chunks: dict[int, list[Row]] = {}
+        for key, rows in xs:
+            part = _part_of(key) % parts
+            chunk = chunks.get(part)
+            if chunk is None:
+                chunks[part] = list(rows)
+            else:
+                chunk.extend(rows)
+        return [(str(part), _LINES.encode_lines(rows)) for part, rows in chunks.items()]
+
+    return encode
+
+
 class _TruncatingFile(StatefulSinkPartition[bytes, int]):  # type: ignore[misc]
     """A JSON-lines file truncated to its snapshot on resume: lines are written exactly once.
 
@@ -833,17 +851,18 @@ class _TruncatingFile(StatefulSinkPartition[bytes, int]):  # type: ignore[misc]
 
 class JsonlLogSink(FixedPartitionedSink[bytes, int]):  # type: ignore[misc]
     """``(key, lines)`` items (encoded JSON lines) into ``parts`` files ``<dir>/part-<i>.jsonl`` by key
-    (exactly once with recovery)."""
+    (exactly once with recovery). ``by_part``: the items' keys are part indexes already (:func:`_lines_by_part`)."""
 
-    def __init__(self, directory: Path, parts: int = DEFAULT_PARTS) -> None:
+    def __init__(self, directory: Path, parts: int = DEFAULT_PARTS, *, by_part: bool = False) -> None:
         self.directory = Path(directory)
         self.parts = parts
+        self.by_part = by_part
 
     def list_parts(self) -> list[str]:
         return [f"part-{i}.jsonl" for i in range(self.parts)]
 
     def part_fn(self, item_key: str) -> int:
-        return _part_of(item_key)
+        return int(item_key) if self.by_part else _part_of(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TruncatingFile:
         return _TruncatingFile(self.directory / for_part, resume_state)
@@ -1196,13 +1215,13 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
     def write(self, view: FeatureView, rows: Stream) -> int:
         """Attach the sinks (changelog, Feast, memory) to the rows of every view; counts come from :meth:`report`.
 
-        ``rows`` carries ``(state key, [Row, ...])`` items: the changelog encodes each list in one call."""
+        ``rows`` carries ``(state key, [Row, ...])`` items: the changelog encodes a batch's rows in one call per
+        log file (:func:`_lines_by_part`)."""
         out = self.outputs
         names = {v.name: v.feature_names for v in self._views.values()}
         if out.changelog_dir is not None:
-            lines = op.flat_map_batch("changelog_encode", rows,
-                                      lambda xs: [(k, _LINES.encode_lines(rs)) for k, rs in xs])
-            op.output("changelog", lines, JsonlLogSink(out.changelog_dir, out.parts))
+            lines = op.flat_map_batch("changelog_encode", rows, _lines_by_part(out.parts))
+            op.output("changelog", lines, JsonlLogSink(out.changelog_dir, out.parts, by_part=True))
         if out.online:
             keyed = op.flat_map_batch("online_rows", rows, lambda xs: [
                 (f"{r.view}{KEY_SEP}{r.key}", r.feature_row(names)) for _, rs in xs for r in rs])
