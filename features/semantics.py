@@ -27,6 +27,16 @@ from typing import Any
 from features.spec import Window
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(t: datetime) -> int:
+    """A UTC datetime as integer microseconds since the Unix epoch (exact; engines keep time so inside)."""
+    return (t - EPOCH) // MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
 
 
 def floor_time(t: datetime, hop: timedelta) -> datetime:

@@ -26,10 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from features.expr import Lit
-from features.semantics import EPOCH
+from features.semantics import EPOCH, MICROSECOND, to_us
 from features.spec import FeatureView, Window
-
-_US = timedelta(microseconds=1)
 
 
 class _Plan:
@@ -66,7 +64,7 @@ class _Plan:
                             over_row))
         self.derived = tuple(derived)
         self.windows: tuple[Window, ...] = tuple(dict.fromkeys(a.window for a in aggs))
-        self.spans = tuple((w.length + w.hop) // _US for w in self.windows)  # tile start -> tile expiry (us)
+        self.spans = tuple((w.length + w.hop) // MICROSECOND for w in self.windows)  # tile start -> tile expiry (us)
         window_aggs: list[list[int]] = [[] for _ in self.windows]
         loc: list[tuple[int, int]] = []
         for i, agg in enumerate(aggs):
@@ -98,18 +96,9 @@ class _Plan:
                 by_type.setdefault(str(et), {}).setdefault(w, []).append(
                     (1 << i, i, j, where, value_of, const, agg.op.update, agg.op.init))
         self.by_type = {
-            et: tuple((w, self.windows[w].hop // _US, self.spans[w], len(self.window_aggs[w]), tuple(targets))
+            et: tuple((w, self.windows[w].hop // MICROSECOND, self.spans[w], len(self.window_aggs[w]), tuple(targets))
                       for w, targets in sorted(groups.items()))
             for et, groups in by_type.items()}
-
-
-def to_us(t: datetime) -> int:
-    """A UTC datetime as integer microseconds since the Unix epoch."""
-    return (t - EPOCH) // _US
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 _AT: dict[int, datetime] = {}  # expiry times, which tiles align: few distinct ones, shared by many keys' rows
@@ -212,8 +201,8 @@ class ViewState:
                 accepted = True
                 if slots is _PENDING:
                     if not et_us:
-                        et_us = (event_time - EPOCH) // _US
-                        now_us = (now - EPOCH) // _US
+                        et_us = (event_time - EPOCH) // MICROSECOND
+                        now_us = (now - EPOCH) // MICROSECOND
                     tile = et_us - et_us % hop  # tile_start
                     expiry = tile + span  # tile_expiry
                     # arrived after its tile left the window: never counts
@@ -270,7 +259,7 @@ class ViewState:
 
     def advance(self, now: datetime) -> bool:
         """Drop every tile whose window has passed by ``now``; True if any was dropped."""
-        return self.advance_us((now - EPOCH) // _US)
+        return self.advance_us((now - EPOCH) // MICROSECOND)
 
     def advance_us(self, now: int) -> bool:
         nxt = self._next
@@ -313,7 +302,7 @@ class ViewState:
                      out: list[Any]) -> datetime | None:
         """Run the expiries before ``limit`` (up to it if ``inclusive``; all if ``None``), appending
         ``make(expiry, row())`` per distinct expiry time to ``out``; returns the last expiry run, if any."""
-        stop = None if limit is None else (limit - EPOCH) // _US
+        stop = None if limit is None else (limit - EPOCH) // MICROSECOND
         last = None
         while True:
             nxt = self._next

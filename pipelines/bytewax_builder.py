@@ -131,9 +131,9 @@ from features.events import (
     validate_event,
 )
 from features.registry import REGISTRY, Registry
-from features.semantics import EPOCH, Drop, EventRules
+from features.semantics import Drop, EventRules, to_us
 from features.spec import FeatureView
-from features.state import _US, ViewState
+from features.state import ViewState
 from pipelines.builder import BuildReport, FeatureBuilder
 from pipelines.eventlog import DeadLetterStore, decode_json, encode_json
 
@@ -506,7 +506,7 @@ def _fold(name: str, key: str, state: ViewState, now: datetime | None, events: I
         if pending is not None and t != pending:
             out.append(Row(name, key, pending, state.row()))
             pending = None
-        t_us = (t - EPOCH) // _US
+        t_us = to_us(t)
         nxt = state.next_expiry_us()
         if nxt is not None and nxt < t_us:
             now = _expire(name, key, state, now, out, t, inclusive=False)

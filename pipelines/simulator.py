@@ -66,6 +66,7 @@ import pyarrow.parquet as pq
 
 from conf.settings import Settings, load_settings
 from features.events import SCHEMA_VERSION, DeviceType, EventType
+from features.semantics import to_us
 from pipelines.eventlog import EVENT_SCHEMA, PARTITION_COLUMN, conform, encode_json, write_parquet
 
 Arr = npt.NDArray[Any]
@@ -135,7 +136,6 @@ for _code, (_loc, _scale) in {PV: (3, 30), ATC: (2, 10), RFC: (2, 12), CHK: (15,
 
 ANOMALY_KINDS: Final = ("duplicate", "out_of_order", "late")
 _TS: Final = pa.timestamp("us", tz="UTC")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAM_CATALOGUE, _STREAM_BLOCK = 1, 2  # seed-sequence tags, so the streams never overlap
 
 
@@ -335,11 +335,6 @@ class SimulationSummary:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _to_us(t: datetime) -> int:
-    delta = t - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * US + delta.microseconds
-
-
 def _pick(rng: np.random.Generator, cum: Arr, size: int) -> Arr:
     """Indices drawn with the probabilities whose cumulative sums are ``cum``."""
     return np.minimum(np.searchsorted(cum, rng.random(size), side="right"), len(cum) - 1)
@@ -459,7 +454,7 @@ def _simulate_block(cfg: SimulationConfig, block: int) -> _Block:
     first = block * cfg.block_users
     n_users = min(cfg.block_users, cfg.users - first)
     n_days, n_cat, n_onb = cfg.days, len(CATEGORIES), cfg.onboarding_steps
-    t0 = _to_us(cfg.start)
+    t0 = to_us(cfg.start)
     span = n_days * DAY_US
     t_end = t0 + span
 
