@@ -432,7 +432,10 @@ def main(argv: list[str] | None = None) -> None:
             "workers=2 processes=1 is `-w 2` (two threads of one process, sharing the GIL); processes=2 is two "
             "`-i/-a` processes of one worker each. The replay file is one partition, read by one worker. "
             "events/s = events / (seconds from the source's first read to the process exit). engine+online "
-            "writes Feast's SQLite online store (one SQLite row per feature). rows = changelog rows (change points).")
+            "writes Feast's SQLite online store (one SQLite row per feature). rows = changelog rows (change points), "
+            "including the EOF flush: every tile expiry until all windows are empty, as a live stream writes them "
+            "later. source_batch_size = events per replay read (stream.batch_size).")
+        results["source_batch_size"] = load_settings().stream.batch_size
         path = write_result("stream", results)
         print(f"-> {path}")
         print(json.dumps({"throughput": [{r["mode"] + f"/w{r['workers']}p{r['processes']}": r["events_per_s"]
