@@ -45,3 +45,7 @@ def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration("soon")
+    monkeypatch.setenv("KAIROS__ONLINE_STORE__TYPE", "sqlite")
+    monkeypatch.setenv("KAIROS__STREAM__BATCH_SIZE", "0")
+    with pytest.raises(ValidationError, match=r"stream\.batch_size"):
+        load_settings()
