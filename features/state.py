@@ -22,11 +22,11 @@ datetimes; the ``_us`` variants take the integers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from features.expr import Lit
-from features.semantics import EPOCH, MICROSECOND, to_us
+from features.semantics import EPOCH, MICROSECOND, from_us, to_us
 from features.spec import FeatureView, Window
 
 
@@ -109,7 +109,7 @@ def _at(us: int) -> datetime:
     if t is None:
         if len(_AT) >= 100_000:
             _AT.clear()
-        t = _AT[us] = EPOCH + timedelta(microseconds=us)
+        t = _AT[us] = from_us(us)
     return t
 
 
@@ -252,14 +252,14 @@ class ViewState:
 
     def next_expiry(self) -> datetime | None:
         """When the next tile leaves its window (a timer for the stream)."""
-        return None if self._next is None else EPOCH + timedelta(microseconds=self._next)
+        return None if self._next is None else from_us(self._next)
 
     def next_expiry_us(self) -> int | None:
         return self._next
 
     def advance(self, now: datetime) -> bool:
         """Drop every tile whose window has passed by ``now``; True if any was dropped."""
-        return self.advance_us((now - EPOCH) // MICROSECOND)
+        return self.advance_us(to_us(now))
 
     def advance_us(self, now: int) -> bool:
         nxt = self._next
@@ -302,7 +302,7 @@ class ViewState:
                      out: list[Any]) -> datetime | None:
         """Run the expiries before ``limit`` (up to it if ``inclusive``; all if ``None``), appending
         ``make(expiry, row())`` per distinct expiry time to ``out``; returns the last expiry run, if any."""
-        stop = None if limit is None else (limit - EPOCH) // MICROSECOND
+        stop = None if limit is None else to_us(limit)
         last = None
         while True:
             nxt = self._next

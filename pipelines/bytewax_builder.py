@@ -105,6 +105,7 @@ import threading
 import time
 import weakref
 import zlib
+from abc import abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -573,19 +574,19 @@ class _Snapshot:
 
 class _Lazy(StatefulBatchLogic):  # type: ignore[misc]
     """A keyed logic whose snapshots are copy-on-write (:class:`_Snapshot`): ``dump`` pickles the state, and every
-    method that mutates it calls :meth:`thaw` first."""
+    method that mutates it calls :meth:`thaw` first. Subclasses set ``_snap = None`` in their ``__init__`` (one
+    logic is made per key, so without a ``super().__init__`` call)."""
 
     __slots__ = ("_snap",)
-
-    def __init__(self) -> None:
-        self._snap: weakref.ref[_Snapshot] | None = None
+    _snap: weakref.ref[_Snapshot] | None
 
     @staticmethod
     def loads(resume: bytes | _Snapshot) -> Any:
         return pickle.loads(resume.freeze() if isinstance(resume, _Snapshot) else resume)
 
+    @abstractmethod
     def dump(self) -> bytes:
-        raise NotImplementedError
+        """The key's state, pickled."""
 
     def thaw(self) -> None:
         """Before a mutation: copy the state into the last snapshot if anything still holds it."""
@@ -612,7 +613,7 @@ class _UserLogic(_Lazy):
     __slots__ = ("heap", "key", "nows", "plan", "seen", "states")
 
     def __init__(self, plan: _Plan, resume: bytes | _Snapshot | None) -> None:
-        self._snap = None  # _Lazy.__init__, inlined: one of these is made per user
+        self._snap = None
         self.plan = plan
         n = len(plan.own)
         self.key = ""
@@ -732,7 +733,7 @@ class _ViewLogic(_Lazy):
     __slots__ = ("clock", "key", "now", "state", "view_name", "views")
 
     def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | _Snapshot | None) -> None:
-        self._snap = None  # _Lazy.__init__, inlined: one of these is made per session
+        self._snap = None
         self.views = views
         self.clock = clock
         self.state: ViewState | None = None
