@@ -8,9 +8,9 @@ partial per (aggregation, tile); a tile is dropped when it leaves its window
 is inside its window, the finalized state *is* the value as of "now"
 (features/SEMANTICS.md), which the independent reference checks.
 
-It is the hot path of both engines, so it is compact and incremental: the partials of
-one tile of one window share a list (one slot per aggregation of that window), the
-last row is kept and only what changed since is recomputed (the aggregations whose
+It is the hot path of both engines, so it is compact and incremental: the tiles of one
+window share one flat list (per tile its start, then one slot per aggregation of that
+window), the last row is kept and only what changed since is recomputed (the aggregations whose
 tiles changed, the derived features that read them), and the merged state of an
 ``incremental`` aggregation (count, min, max, last, distinct, top-k) is updated as
 events come instead of re-merging its tiles. Inside, times are integer microseconds
@@ -34,11 +34,13 @@ class _Plan:
     """What a view's state machine needs per event, computed once per view.
 
     Aggregations are grouped by window: a tile (of one window) holds one partial slot per
-    aggregation of that window, so one key's state is a few small dicts and lists.
+    aggregation of that window after its start, and a window's tiles share one flat list,
+    so one key's state is one small list per window it has tiles in.
     """
 
-    __slots__ = ("by_type", "casts", "derived", "empty", "empty_row", "features", "finish", "full", "incremental",
-                 "loc", "names", "ops", "spans", "view", "window_aggs", "window_bits", "window_slots", "windows")
+    __slots__ = ("blanks", "by_type", "casts", "derived", "empty", "empty_row", "features", "finish", "full",
+                 "incremental", "loc", "names", "ops", "spans", "strides", "view", "window_aggs", "window_bits",
+                 "window_slots", "windows")
 
     def __init__(self, view: FeatureView) -> None:
         self.view = view  # holding the view keeps its id from being reused
@@ -66,11 +68,17 @@ class _Plan:
         self.windows: tuple[Window, ...] = tuple(dict.fromkeys(a.window for a in aggs))
         self.spans = tuple((w.length + w.hop) // MICROSECOND for w in self.windows)  # tile start -> tile expiry (us)
         window_aggs: list[list[int]] = [[] for _ in self.windows]
-        loc: list[tuple[int, int]] = []
+        for i, agg in enumerate(aggs):
+            window_aggs[self.windows.index(agg.window)].append(i)
+        # per window: the length of one tile in its flat list (the start, then a slot per aggregation), and the
+        # slots of a new tile after its start
+        self.strides = tuple(len(a) + 1 for a in window_aggs)
+        self.blanks = tuple([None] * len(a) for a in window_aggs)
+        loc: list[tuple[int, int, int]] = []
         for i, agg in enumerate(aggs):
             w = self.windows.index(agg.window)
-            loc.append((w, len(window_aggs[w]) + 1))  # (window, slot in its tiles: slot 0 is the tile start)
-            window_aggs[w].append(i)
+            # (window, offset in a tile: 0 is the tile start, the window's stride)
+            loc.append((w, window_aggs[w].index(i) + 1, self.strides[w]))
         self.loc = tuple(loc)
         self.window_aggs = tuple(tuple(a) for a in window_aggs)
         # per window: (slot, bit, index) of each aggregation, for dropping a tile; the bits of all of them
@@ -83,20 +91,20 @@ class _Plan:
             empty_row[d.name] = d.caster()(d.expr.fn(empty_row))
         self.empty_row = tuple(empty_row.values())  # every feature of a key without partials
         self.full = (1 << len(aggs)) - 1
-        # per event type, per window it touches: (window, tile width, tile start to expiry (both in us), aggregations
-        # per tile, and per aggregation reading it (bit, index, slot, where, input (None: the constant), the
+        # per event type, per window it touches: (window, tile width, tile start to expiry (both in us), the window's
+        # stride, and per aggregation reading it (bit, index, offset, where, input (None: the constant), the
         # constant, update, init)); tile_start and tile_expiry are inlined in add
         by_type: dict[str, dict[int, list[tuple[int, int, int, Any, Any, Any, Any, Any]]]] = {}
         for i, agg in enumerate(aggs):
             where = agg.where.fn if agg.where is not None else None
-            w, j = loc[i]
+            w, j, _ = loc[i]
             const = agg.input.value if isinstance(agg.input, Lit) else None
             value_of = None if const is not None else agg.input.fn
             for et in agg.event_types:
                 by_type.setdefault(str(et), {}).setdefault(w, []).append(
                     (1 << i, i, j, where, value_of, const, agg.op.update, agg.op.init))
         self.by_type = {
-            et: tuple((w, self.windows[w].hop // MICROSECOND, self.spans[w], len(self.window_aggs[w]), tuple(targets))
+            et: tuple((w, self.windows[w].hop // MICROSECOND, self.spans[w], self.strides[w], tuple(targets))
                       for w, targets in sorted(groups.items()))
             for et, groups in by_type.items()}
 
@@ -124,21 +132,23 @@ def _plan(view: FeatureView) -> _Plan:
 
 
 _UNKNOWN: Any = object()  # a merged state that must be merged from the tiles again
-_PENDING: Any = object()  # a tile not looked up yet
 
-Tile = list[Any]  # [tile start (us), then one partial (or None) per aggregation of the window]
-Tiles = list[list[Tile] | None]  # per window: its live tiles in tile order (None: none)
+# per window: its live tiles in tile order, flat: [start (us), one partial (or None) per aggregation of the window,
+# the next tile's start, ...] (None: no tiles)
+Tiles = list[list[Any] | None]
 Snapshot = Tiles
 
 
 class ViewState:
     """The live tiles of every aggregation of ``view`` for one key.
 
-    Tiles are kept per window, oldest first: ``tiles[w]`` is a list of tiles, each a list
-    ``[tile start, partial of each aggregation of window w (None where it has none)]``; a
-    window without live tiles holds ``None``. Events mostly land in a window's newest tile
-    and tiles leave a window oldest first, so a list beats a map here, and the next expiry
-    is the earliest of each window's oldest tile (kept in ``_next``, no timer heap). The
+    Tiles are kept per window, oldest first, in one flat list: ``tiles[w]`` holds per tile its
+    start, then the partial of each aggregation of window w (None where it has none), so the
+    partials of one aggregation are the slice ``tiles[w][offset::stride]``; a window without
+    live tiles holds ``None``. Events mostly land in a window's newest tile and tiles leave a
+    window oldest first, so a list beats a map here (and one list per window, not one per
+    tile, is fewer objects to allocate and for the cyclic collector to walk), and the next
+    expiry is the earliest of each window's oldest tile (kept in ``_next``, no timer heap). The
     finalized aggregations are kept between calls: :meth:`row` and :meth:`values` re-merge
     and re-cast only the aggregations whose tiles changed since the last call, then
     evaluate the derived features.
@@ -171,7 +181,7 @@ class ViewState:
         state.tiles = snapshot
         state._dirty = state._plan.full  # every aggregation may have partials
         spans = state._plan.spans
-        state._next = min((wt[0][0] + spans[w] for w, wt in enumerate(snapshot) if wt), default=None)
+        state._next = min((wt[0] + spans[w] for w, wt in enumerate(snapshot) if wt), default=None)
         return state
 
     # -- events and time -----------------------------------------------------------------------
@@ -189,8 +199,9 @@ class ViewState:
         merged = self._merged
         if merged is None and self._row is not None:  # a key with more than one change: keep merged states
             merged = self._merged = [_UNKNOWN] * len(self._plan.loc)
-        for w, hop, span, width, targets in groups:
-            slots: Tile | None = _PENDING  # the event's tile of this window; None: it has expired
+        live: list[Any] = []
+        for w, hop, span, stride, targets in groups:
+            base = -2  # where the event's tile of this window starts in its list; -2: not looked up, -1: expired
             for bit, i, j, where, value_of, value, update, init in targets:
                 if where is not None and not where(event):
                     continue
@@ -199,20 +210,24 @@ class ViewState:
                     if value is None:
                         continue
                 accepted = True
-                if slots is _PENDING:
+                if base == -2:
                     if not et_us:
                         et_us = (event_time - EPOCH) // MICROSECOND
                         now_us = (now - EPOCH) // MICROSECOND
                     tile = et_us - et_us % hop  # tile_start
                     expiry = tile + span  # tile_expiry
-                    # arrived after its tile left the window: never counts
-                    slots = None if expiry <= now_us else self._tile(w, tile, expiry, width)
-                if slots is None:
+                    if expiry <= now_us:  # arrived after its tile left the window: never counts
+                        base = -1
+                    else:
+                        base = self._tile(w, tile, expiry, stride)
+                        live = self.tiles[w]  # type: ignore[assignment]
+                if base < 0:
                     continue
                 if order_key is None:
                     order_key = (event_time, now, event["event_id"])  # event_order_key
-                state = slots[j]
-                slots[j] = update(init() if state is None else state, value, order_key)
+                k = base + j
+                state = live[k]
+                live[k] = update(init() if state is None else state, value, order_key)
                 dirty |= bit
                 if merged is not None:
                     m = merged[i]
@@ -221,34 +236,35 @@ class ViewState:
         self._dirty = dirty
         return accepted
 
-    def _tile(self, w: int, tile: int, expiry: int, width: int) -> Tile:
-        """Window ``w``'s tile starting at ``tile``, made if new (in order: usually the newest)."""
+    def _tile(self, w: int, tile: int, expiry: int, stride: int) -> int:
+        """Where window ``w``'s tile starting at ``tile`` starts in ``tiles[w]``, made if new (in order: usually
+        the newest)."""
         live = self.tiles[w]
         if live is not None:
-            newest = live[-1]
-            start = newest[0]
+            n = len(live)
+            newest = n - stride
+            start = live[newest]
             if start == tile:
                 return newest
             if start < tile:
-                slots = [tile, *([None] * width)]
-                live.append(slots)
-                return slots
-            k = len(live) - 2  # an out-of-order event: an older tile
-            while k >= 0 and live[k][0] > tile:
-                k -= 1
-            if k >= 0 and live[k][0] == tile:
-                return live[k]
-            slots = [tile, *([None] * width)]
-            live.insert(k + 1, slots)
+                live.append(tile)
+                live += self._plan.blanks[w]
+                return n
+            k = newest - stride  # an out-of-order event: an older tile
+            while k >= 0 and live[k] > tile:
+                k -= stride
+            if k >= 0 and live[k] == tile:
+                return k
+            at = k + stride
+            live[at:at] = [tile, *self._plan.blanks[w]]
             if k >= 0:
-                return slots
+                return at
         else:
-            slots = [tile, *([None] * width)]
-            self.tiles[w] = [slots]
+            self.tiles[w] = [tile, *self._plan.blanks[w]]
         nxt = self._next  # a window's oldest tile is new: it may leave first
         if nxt is None or expiry < nxt:
             self._next = expiry
-        return slots
+        return 0
 
     def next_expiry(self) -> datetime | None:
         """When the next tile leaves its window (a timer for the stream)."""
@@ -266,14 +282,15 @@ class ViewState:
         if nxt is None or nxt > now:
             return False
         plan = self._plan
-        spans, window_slots, all_tiles, merged = plan.spans, plan.window_slots, self.tiles, self._merged
+        spans, strides, window_slots, all_tiles, merged = (plan.spans, plan.strides, plan.window_slots, self.tiles,
+                                                           self._merged)
         dirty = self._dirty
         nxt = None
         for w, live in enumerate(all_tiles):
             if live is None:
                 continue
-            span = spans[w]
-            if live[-1][0] + span <= now:  # the whole window empties: each of its aggregations goes to its empty value
+            span, stride = spans[w], strides[w]
+            if live[-stride] + span <= now:  # the whole window empties: its aggregations go to their empty values
                 all_tiles[w] = None
                 dirty |= plan.window_bits[w]
                 if merged is not None:
@@ -281,17 +298,16 @@ class ViewState:
                         merged[i] = _UNKNOWN
                 continue
             k = 0
-            while live[k][0] + span <= now:  # the newest stays: k stops before n
-                slots = live[k]
+            while live[k] + span <= now:  # the newest stays: k stops before it
                 for j, bit, i in window_slots[w]:
-                    if slots[j] is not None:
+                    if live[k + j] is not None:
                         dirty |= bit
                         if merged is not None:
                             merged[i] = _UNKNOWN
-                k += 1
+                k += stride
             if k:
                 del live[:k]
-            expiry = live[0][0] + span
+            expiry = live[0] + span
             if nxt is None or expiry < nxt:
                 nxt = expiry
         self._next = nxt
@@ -335,7 +351,7 @@ class ViewState:
             low = dirty & -dirty
             dirty ^= low
             i = low.bit_length() - 1
-            w, j = loc[i]
+            w, j, stride = loc[i]
             live = all_tiles[w]
             if live is None:  # no tiles left in its window
                 vals[i] = empty[i]
@@ -346,11 +362,11 @@ class ViewState:
                 if m is not _UNKNOWN:  # kept up to date by add
                     vals[i] = cast(finalize(m))
                     continue
-            if merged is None and len(live) == 1:  # one tile (a new key, a short window): no list to gather
-                p = live[0][j]
+            if merged is None and len(live) == stride:  # one tile (a new key, a short window): no list to gather
+                p = live[j]
                 vals[i] = empty[i] if p is None else cast(finalize(p))
                 continue
-            partials = [s[j] for s in live if s[j] is not None]
+            partials = [p for p in live[j::stride] if p is not None]
             if not partials:
                 vals[i] = empty[i]
             elif merged is not None and incremental[i]:
