@@ -475,7 +475,10 @@ def write_online_rows(store: FeatureStore, view: spec.FeatureView, rows: Sequenc
     straight to Feast's value protos and its provider's ``online_write_batch``, as ``write_to_online_store``
     does after converting a frame. For the stream, where Feast's conversions were most of the cost per row.
 
-    ``created_timestamp`` is the event timestamp; values take the spec's types (:meth:`Feature.cast`).
+    A row may carry only some of the view's features: the others are left as the store holds them (the
+    stream writes what changed since a key's previous write; Feast's online stores keep each feature apart,
+    SQLite one row per feature, Redis one hash field). ``created_timestamp`` is the event timestamp; values
+    take the spec's types (:meth:`Feature.cast`).
     """
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
@@ -493,19 +496,22 @@ def write_online_rows(store: FeatureStore, view: spec.FeatureView, rows: Sequenc
             raise TypeError(f"{view.name}: {EVENT_TIMESTAMP} must be a datetime, got {ts!r}")
         spec.as_utc(ts)
     features = {f.name: f for f in view.features}
-    columns: dict[str, list[Any]] = {}
-    for field in fv.features:
+    protos: list[dict[str, Any]] = [{} for _ in rows]
+    for field in fv.features:  # one conversion per feature, over the rows that carry it
         f = features[field.name]
         null = _NAT if f.dtype == "timestamp" else None  # a null timestamp as a frame gives it (Feast stores NaT)
-        values = [null if _null(v) else f.cast(v) for v in (r.get(f.name) for r in rows)]
-        columns[f.name] = python_values_to_proto_values(values, field.dtype.to_value_type())
+        having = [i for i, r in enumerate(rows) if f.name in r]
+        if not having:
+            continue
+        values = [null if _null(v) else f.cast(v) for v in (rows[i][f.name] for i in having)]
+        for i, proto in zip(having, python_values_to_proto_values(values, field.dtype.to_value_type()), strict=True):
+            protos[i][f.name] = proto
     key_type = {e.name: e.dtype.to_value_type() for e in fv.entity_columns}[join_key]
     entity_values = python_values_to_proto_values(keys, key_type)
-    names = list(columns)
-    data = [(EntityKey(join_keys=[join_key], entity_values=[entity_values[i]]),
-             {n: columns[n][i] for n in names}, stamps[i], stamps[i]) for i in range(len(rows))]
+    data = [(EntityKey(join_keys=[join_key], entity_values=[entity_values[i]]), protos[i], stamps[i], stamps[i])
+            for i in range(len(rows)) if protos[i]]
     store._get_provider().online_write_batch(store.config, fv, data, progress=None)
-    return len(rows)
+    return len(data)
 
 
 FeatureSelection = spec.FeatureService | str | Sequence[str]
