@@ -74,9 +74,9 @@ Outputs
   errors of each invalid event, through :class:`pipelines.eventlog.DeadLetterStore`;
 * the **Feast online store**, through ``pipelines.feast_repo.write_online_rows``: one
   background writer per view writes the newest row of each key that changed while its
-  previous write was in flight, and of it only the features that changed since that key's
-  previous write (Feast's SQLite store costs ~14 us per feature here, so batches grow and
-  coalesce under load instead of queueing);
+  previous write was in flight, and of it only the features that changed since the key's
+  previous write in the epoch (Feast's SQLite store costs ~14 us per feature here, so batches
+  grow and coalesce under load instead of queueing);
 * an in-memory list for tests.
 
 The file sinks are Bytewax partitioned sinks that truncate to their snapshot on resume,
