@@ -47,7 +47,7 @@ from features.spec import (
 )
 
 USER: Final = Entity(name="user", join_key="user_id", description="A signed-in or identified visitor")
-SESSION: Final = Entity(name="session", join_key="session_id",
+SESSION: Final = Entity(name="session", join_key="session_id", owner=USER,
                         description="One visit: events of a user with no gap above 30 minutes")
 
 EVENTS: Final = EventSource(

@@ -37,10 +37,15 @@ def _fmt(td: timedelta) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Entity:
+    """What features are keyed by. ``owner``: the entity each key of this one belongs to, for its whole life (a
+    session is one user's): its key is still unique on its own, and an engine may keep its state with the
+    owner's (the stream does: one keyed step per user instead of one more per session)."""
+
     name: str
     join_key: str
     description: str
     dtype: DType = "string"
+    owner: Entity | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,9 +48,11 @@ Ids, times and sessions
   events count as on time, and as-of-``t`` features see an event from its event
   time on.
 * ``sessions: none`` leaves ``session_id`` null (or takes it from a mapped
-  column). ``sessions: {synthesize: true, gap: 30m}`` sessionizes the accepted
-  events per user in event-time order, starting a new session after more than
-  ``gap`` without events. A source is date-only when every event time is a bare
+  column, whose ids must each name one user's session: an id that users share is
+  dead-lettered on every row that carries it, naming the users).
+  ``sessions: {synthesize: true, gap: 30m}`` sessionizes the accepted events per
+  user in event-time order, starting a new session after more than ``gap`` without
+  events. A source is date-only when every event time is a bare
   date (a strptime format without time directives, ISO values like
   ``2026-09-01``, a parquet date column); then each (user, local day) is one
   session. A session id is a hash of the user id and the session start.
@@ -706,6 +708,26 @@ class _Importer:
         for i in np.flatnonzero(mask).tolist():
             self.row_problems.setdefault(i, []).append(FieldError(field=kairos_field, problem=describe(i)))
 
+    def _sessions_of_one_user(self, users: npt.NDArray[np.object_], sessions: npt.NDArray[np.object_],
+                              column: str) -> None:
+        """A session belongs to one user (the session entity's ``owner``; the stream keeps a session's state with its
+        user's): a source session id that users share is rejected on every row that carries it, naming the users."""
+        pairs = pd.DataFrame({"user": users, "session": sessions}).dropna()
+        owners = pairs.groupby("session", sort=False)["user"].unique()
+        shared = owners[owners.map(len) > 1]
+        if shared.empty:
+            return
+        by_session = {s: sorted(str(u) for u in us) for s, us in shared.items()}
+
+        def describe(i: int) -> str:
+            names = by_session[sessions[i]]
+            shown = ", ".join(repr(u) for u in names[:3]) + (", ..." if len(names) > 3 else "")
+            return (f"source column {column!r}: {_jsonable(sessions[i])!r} is a session of {len(names)} users "
+                    f"({shown}); a session belongs to one user: map a column unique across users, or use "
+                    "`sessions: {synthesize: true}`")
+
+        self._problem(pd.Series(sessions).isin(list(by_session)).to_numpy(dtype=bool), "session_id", describe)
+
     def run(self) -> tuple[pa.Table, Counter[str], bool]:
         """(accepted events, dropped rows by reason, whether the source times are bare dates)."""
         cfg, frame, n = self.cfg, self.frame, self.n
@@ -725,6 +747,8 @@ class _Importer:
             if col.micros is not None:
                 micros[kairos_field] = col.micros
             self._problem(col.unreadable, kairos_field, _cannot_read(column, frame[column], col.expected))
+        if "session_id" in per_row and "user_id" in per_row:
+            self._sessions_of_one_user(per_row["user_id"], per_row["session_id"], cfg.columns["session_id"])
         base: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
 
         # event type: a constant or a mapped column

@@ -274,6 +274,28 @@ def clickstream_config(**changes: Any) -> ImportConfig:
     return ImportConfig.from_dict(data)
 
 
+def test_a_session_id_shared_by_users_is_dead_lettered_with_the_users_named(tmp_path: Path) -> None:
+    src = tmp_path / "clicks.parquet"
+    t = pd.Timestamp("2026-09-01T10:00:00Z")
+    pd.DataFrame({
+        "visitor": ["v1", "v1", "v2", "v3", "v3"],
+        "visit": ["s1", "s9", "s1", "s3", None],  # s1 is a session of v1 and of v2
+        "at": [t + pd.Timedelta(minutes=i) for i in range(5)],
+        "kind": ["signin"] * 5,
+    }).to_parquet(src)
+    columns = {"user_id": "visitor", "event_time": "at", "session_id": "visit"}
+    kinds = {"column": "kind", "mapping": {"signin": "login"}}
+    s = import_file(clickstream_config(columns=columns, event_type=kinds), src, tmp_path / "events")
+    assert (s.rows_read, s.accepted, s.dead_lettered) == (5, 3, 2)
+    nothing_lost(s)
+    got = sorted(((e["user_id"], e["session_id"]) for e in events(s)), key=str)
+    assert got == [("v1", "s9"), ("v3", "s3"), ("v3", None)]
+    problems = {d["payload"]["row"]: [(e["field"], e["problem"]) for e in d["errors"]] for d in dead_letters(s)}
+    why = ("source column 'visit': 's1' is a session of 2 users ('v1', 'v2'); a session belongs to one user: map a "
+           "column unique across users, or use `sessions: {synthesize: true}`")
+    assert problems == {1: [("session_id", why)], 3: [("session_id", why)]}
+
+
 def test_event_type_from_a_column_and_unmapped_values_dead_lettered(tmp_path: Path) -> None:
     src = tmp_path / "clicks.parquet"
     t = pd.Timestamp("2026-09-01T10:00:00Z")
