@@ -8,8 +8,9 @@ Throughput
 
     * ``passthrough`` — source -> null sink: the floor, raw Bytewax on this machine now;
     * ``validate`` — source -> JSON decode and event validation -> null sink;
-    * ``keyed`` — source -> the engine's two keyed steps (by user, then by session), whose logics only count ->
-      null sink: Bytewax's own cost of one logic per key, the floor for how the engine scales with users;
+    * ``keyed`` — source -> the engine's keyed step (by user; sessions live in their user's state), with a logic
+      that only counts -> null sink: Bytewax's own cost of one logic per key, the floor for how the engine scales
+      with users;
     * ``engine`` — the whole dataflow for every view (validate, admit, fan-out,
       ViewState per key, changelog and drops logs). At the end of the log the timers run
       up to its last arrival: what a live stream has written by the time that event
@@ -201,18 +202,16 @@ def _field(line: bytes, name: bytes) -> str:
 
 
 class _CountLogic(StatefulBatchLogic):  # type: ignore[misc]
-    """A keyed step that only counts: one logic object per key, as the engine's steps keep, and nothing else.
-    ``forward``: emit the items on (the user step routes events on to the session step); else emit nothing."""
+    """A keyed step that only counts: one logic object per key, as the engine's step keeps, and nothing else."""
 
-    __slots__ = ("forward", "n")
+    __slots__ = ("n",)
 
-    def __init__(self, resume: int | None, *, forward: bool) -> None:
+    def __init__(self, resume: int | None) -> None:
         self.n = resume or 0
-        self.forward = forward
 
     def on_batch(self, items: list[Any]) -> tuple[list[Any], bool]:
         self.n += len(items)
-        return (items if self.forward else []), False
+        return [], False
 
     def on_eof(self) -> tuple[list[Any], bool]:
         return [], False
@@ -231,15 +230,12 @@ def bench_flow(mode: str, path: str, out: str, until: str | None = None) -> Data
     empty)."""
     settings = load_settings(data_dir=out, online_store={"type": "sqlite", "path": str(Path(out) / "online.db")})
     source = TimedReplaySource(path, Path(out) / "first_read", batch_size=settings.stream.batch_size)
-    if mode == "keyed":  # the engine's two keyed steps (by user, then by session) with logics that do nothing
+    if mode == "keyed":  # the engine's keyed step (by user) with a logic that does nothing
         relax_gc()  # as the engine runs
         flow = Dataflow("bench_keyed")
         stream = op.input("source", flow, source)
         users = op.map("by_user", stream, lambda item: (_field(item[1], b"user_id"), item[1]))
-        routed = op.stateful_batch("users", users, lambda resume: _CountLogic(resume, forward=True))
-        sessions = op.map("by_session", routed, lambda kv: (_field(kv[1], b"session_id"), kv[1]))
-        op.output("null", op.stateful_batch("sessions", sessions, lambda resume: _CountLogic(resume, forward=False)),
-                  NullSink())
+        op.output("null", op.stateful_batch("users", users, _CountLogic), NullSink())
         return flow
     if mode in ("passthrough", "validate"):
         flow = Dataflow(f"bench_{mode}")
@@ -563,9 +559,9 @@ def main(argv: list[str] | None = None) -> None:
             "days): drain = engine+drain - engine. after_log_end_s = the part of seconds after the source's end: a "
             "replay has no wall-clock timers, so the expiries of keys without later events (most of them at 1M users, "
             "one event each) run there, through one on_eof call per key, instead of as timers during the log. "
-            "keyed = the engine's two keyed steps with logics that only count: Bytewax's own per-key cost, so "
+            "keyed = the engine's keyed step (by user) with a logic that only counts: Bytewax's own per-key cost, so "
             "targets.keyed_floor_drop_1k_to_most_users is the drop of Bytewax's keyed state alone, with the engine's "
-            "keys (a user and a session per event at 1M users). "
+            "keys (a new user per event at 1M users). "
             "source_batch_size = events per replay read (stream.batch_size).")
         results["source_batch_size"] = load_settings().stream.batch_size
         results["targets"] = targets(results)

@@ -73,7 +73,7 @@ class StreamSettings(_Section):
     topic: str = "kairos.events"
     workers: int = 1
     # Events per source read (the replay file; at most per Kafka poll, which returns what is there). A big
-    # batch holds many events of each active key, so each key's per-call costs in the keyed steps are shared:
+    # batch holds many events of each active key, so each key's per-call costs in the keyed step are shared:
     # 5,000 -> 50,000 took a 1,000-user replay from 11.8 to 9.0 s. A live stream still moves in small batches.
     batch_size: int = Field(default=50_000, gt=0)
 

@@ -7,9 +7,10 @@ and dtypes come from the specs. One dataflow serves every view::
 
     source ─► validate ─► users (keyed by user_id) ─────────────────────► rows ─► sinks
                 │ invalid   admission + a ViewState per view keyed by user    ▲  changelog, Feast, memory
-                ▼           │ late / duplicate / no_consent ─► drops log      │
-           dead letters     └─ route: admitted events ─► keys (view|key) ─────┘
-                                                         a ViewState per key of the other views
+                ▼           and per key the user owns (its sessions)          │
+           dead letters     │ late / duplicate / no_consent ─► drops log      │
+                            └ route: admitted events ─► keys (view|key) ──────┘
+                              (views of any other entity; none in the catalogue)
 
 * **Sources**: a JSON-lines replay (``settings.data_path/stream.jsonl`` by default, in
   arrival order, as ``python -m pipelines.simulator --jsonl`` writes it) or a Kafka
@@ -25,11 +26,14 @@ and dtypes come from the specs. One dataflow serves every view::
   anyway), and a user with nothing left is discarded, so the state stays bounded.
 * **Aggregation** keeps one :class:`ViewState` per view and key. The views keyed by
   ``user_id`` live in the admission step itself (:class:`_UserLogic`: one keyed state per
-  user, no second exchange); the others (sessions) get the admitted events routed to a
-  second keyed step, ``view|key`` (:class:`_ViewLogic`). For each batch of a key's events
-  it emits exactly the rows :func:`features.state.sweep` emits: one row per distinct
-  arrival time of an accepted event (stamped with that ``ingest_time``) and one row per
-  tile expiry (stamped with the expiry).
+  user, no second exchange), and so do the views keyed by an entity whose every key
+  belongs to one user (``Entity.owner``: a session), one state per (view, key) inside the
+  user's: one Bytewax key per user instead of one more per session (Bytewax's per-key costs
+  are most of what grows with the number of keys). A view of any other entity gets the
+  admitted events routed to a second keyed step, ``view|key`` (:class:`_ViewLogic`). For
+  each batch of a key's events the state emits exactly the rows :func:`features.state.sweep`
+  emits: one row per distinct arrival time of an accepted event (stamped with that
+  ``ingest_time``) and one row per tile expiry (stamped with the expiry).
 * **Rows** are compact (:class:`Row`: the values as a tuple in spec order) and travel as
   one list per key and call; the changelog encodes a batch's rows in one call per log
   file. Every step works on whole batches (``flat_map_batch``), not item by item.
@@ -59,9 +63,9 @@ wall clock, ``grace`` after its lateness ran out. Replays never do either.
 Ordering: a key's events must reach its state in arrival order. The replay file is in
 arrival order; :func:`publish_to_kafka` keys messages by ``user_id`` so a user's events
 (and so a session's, which belongs to one user) stay in one partition, in order. Every
-event of a key then travels one path (source partition -> the user's admission worker
--> the key's worker), and Bytewax keeps the order of items between two workers and
-processes epochs in order.
+event of a key then travels one path (source partition -> the user's worker, and for a
+view routed on, -> the key's worker), and Bytewax keeps the order of items between two
+workers and processes epochs in order.
 
 Outputs
 -------
@@ -531,14 +535,21 @@ class _Plan:
     views: Mapping[str, FeatureView]
     rules: EventRules
     clock: StreamClock
+    # views keyed by an entity the admission key owns (a session belongs to one user), with their event types:
+    # their states live with the user's, one per (view, key)
+    nested: tuple[tuple[FeatureView, frozenset[str]], ...] = ()
 
 
-class _Out(NamedTuple):
-    """What one call of the admission step emits: rows of its own views, drops, and events for other keys."""
+class _Drops(NamedTuple):
+    """The events one call of the admission step dropped."""
 
-    rows: list[Row]
-    drops: list[DropRecord]
-    forward: list[tuple[str, tuple[str, Event]]]
+    records: list[DropRecord]
+
+
+Forward = tuple[str, tuple[str, Event]]  # an admitted event for the key (``view|key``) of a view routed on
+# What one call of the admission step emits, each its own item, told apart by type (one ``branch`` step, no copies
+# of the step's output for several readers): the rows of its views (a ``list``), the drops, the events routed on.
+_Emitted = list[Row] | _Drops | Forward
 
 
 _FREEZE_LOCK = threading.Lock()  # a snapshot may be frozen by its logic's worker and pickled by another's
@@ -609,10 +620,11 @@ class _Lazy(StatefulBatchLogic):  # type: ignore[misc]
 
 
 class _UserLogic(_Lazy):
-    """One user: admission (rules 2-4, with the ids it must remember for duplicates) and the ViewState of every
-    view keyed by the user, in one step; admitted events of views keyed otherwise are routed on."""
+    """One user: admission (rules 2-4, with the ids it must remember for duplicates), the ViewState of every
+    view keyed by the user and of every key the user owns (the user's sessions), in one step; admitted events of
+    views keyed otherwise are routed on."""
 
-    __slots__ = ("heap", "key", "nows", "plan", "seen", "states")
+    __slots__ = ("heap", "key", "nested", "nows", "plan", "seen", "states")
 
     def __init__(self, plan: _Plan, resume: bytes | _Snapshot | None) -> None:
         self._snap = None
@@ -623,16 +635,24 @@ class _UserLogic(_Lazy):
         self.heap: list[tuple[datetime, str]] = []
         self.states: list[ViewState | None] = [None] * n
         self.nows: list[datetime | None] = [None] * n  # each view's data clock: latest time processed
+        # (index in plan.nested, key) -> [the key's data clock, its ViewState], for the keys the user owns
+        self.nested: dict[tuple[int, str], list[Any]] = {}
         if resume is not None:
-            self.key, self.seen, saved = self.loads(resume)
+            loaded = self.loads(resume)
+            if len(loaded) != 4:  # before sessions lived with their user, a separate step held them
+                raise ValueError("a recovery snapshot of the users step from an older engine (without its users' "
+                                 "sessions): the layout changed, so start from a new recovery store")
+            self.key, self.seen, saved, nested = loaded
             self.heap = [(t, i) for i, t in self.seen.items()]
             heapq.heapify(self.heap)
             for v, s in enumerate(saved):
                 if s is not None:
                     self.nows[v] = s[0]
                     self.states[v] = ViewState.restore(plan.own[v][0], s[1])
+            for (v, k), (now, snap) in nested.items():
+                self.nested[(v, k)] = [now, ViewState.restore(plan.nested[v][0], snap)]
 
-    def on_batch(self, items: list[Positioned]) -> tuple[list[_Out], bool]:
+    def on_batch(self, items: list[Positioned]) -> tuple[list[_Emitted], bool]:
         if self._snap is not None:
             self.thaw()
         rules, seen, heap = self.plan.rules, self.seen, self.heap
@@ -655,7 +675,7 @@ class _UserLogic(_Lazy):
             while heap and heap[0][0] < now:  # ids whose copies arriving from now on are late anyway
                 seen.pop(heapq.heappop(heap)[1], None)
         rows: list[Row] = []
-        forward: list[tuple[str, tuple[str, Event]]] = []
+        out: list[_Emitted] = [_Drops(drops)] if drops else []
         if admitted:
             if not self.key:
                 self.key = str(admitted[0]["user_id"])
@@ -668,17 +688,43 @@ class _UserLogic(_Lazy):
                     self.nows[v] = _fold(view.name, self.key, state, self.nows[v], mine, rows)
                     if state.is_empty():
                         self.states[v] = self.nows[v] = None
+            if self.plan.nested:
+                self._fold_nested(admitted, rows)
             for route in self.plan.routes:
                 for e in admitted:
                     item = route(e)
                     if item is not None:
-                        forward.append(item)
-        return ([_Out(rows, drops, forward)] if rows or drops or forward else []), self._discard()
+                        out.append(item)
+        if rows:
+            out.append(rows)
+        return out, self._discard()
+
+    def _fold_nested(self, admitted: list[Event], rows: list[Row]) -> None:
+        """Fold the admitted events into the states of the keys the user owns, key by key in arrival order."""
+        nested = self.nested
+        for v, (view, types) in enumerate(self.plan.nested):
+            join_key = view.entity.join_key
+            by_key: dict[str, list[Event]] = {}
+            for e in admitted:
+                if e["event_type"] in types:
+                    k = e.get(join_key)
+                    if k is not None:
+                        by_key.setdefault(str(k), []).append(e)
+            for k, events in by_key.items():
+                slot = nested.get((v, k))
+                if slot is None:
+                    slot = [None, ViewState(view)]
+                state: ViewState = slot[1]
+                slot[0] = _fold(view.name, k, state, slot[0], events, rows)
+                if state.is_empty():
+                    nested.pop((v, k), None)
+                else:
+                    nested[(v, k)] = slot
 
     def _discard(self) -> bool:
-        return not self.seen and not any(self.states)
+        return not self.seen and not any(self.states) and not self.nested
 
-    def _expire_all(self, limit: datetime | None) -> list[_Out]:
+    def _expire_all(self, limit: datetime | None) -> list[_Emitted]:
         rows: list[Row] = []
         for v, state in enumerate(self.states):
             if state is not None:
@@ -686,22 +732,29 @@ class _UserLogic(_Lazy):
                                        inclusive=True)
                 if state.is_empty():
                     self.states[v] = self.nows[v] = None
-        return [_Out(rows, [], [])] if rows else []
+        if self.nested:
+            nested_views = self.plan.nested
+            for (v, k), slot in list(self.nested.items()):
+                state = slot[1]
+                slot[0] = _expire(nested_views[v][0].name, k, state, slot[0], rows, limit, inclusive=True)
+                if state.is_empty():
+                    del self.nested[(v, k)]
+        return [rows] if rows else []
 
-    def on_notify(self) -> tuple[list[_Out], bool]:
+    def on_notify(self) -> tuple[list[_Emitted], bool]:
         self.thaw()
         clock = self.plan.clock
-        out: list[_Out] = []
+        out: list[_Emitted] = []
         if clock.is_live:
             due = clock.due()
             self._forget(due)
             out = self._expire_all(due)
         return out, self._discard()
 
-    def on_eof(self) -> tuple[list[_Out], bool]:
+    def on_eof(self) -> tuple[list[_Emitted], bool]:
         self.thaw()
         clock = self.plan.clock
-        out: list[_Out] = []
+        out: list[_Emitted] = []
         if clock.flush_at_eof:  # the clock runs on to ``until``: ids whose lateness ran out by then go too
             self._forget(clock.until)
             out = self._expire_all(clock.until)
@@ -718,6 +771,7 @@ class _UserLogic(_Lazy):
         if clock.offset is None:  # not live
             return None
         times = [s.next_expiry() for s in self.states if s is not None]
+        times.extend(slot[1].next_expiry() for slot in self.nested.values())
         if self.heap:
             times.append(self.heap[0][0])
         due = min((t for t in times if t is not None), default=None)
@@ -725,7 +779,8 @@ class _UserLogic(_Lazy):
 
     def dump(self) -> bytes:
         saved = [None if s is None else (self.nows[v], s.snapshot()) for v, s in enumerate(self.states)]
-        return pickle.dumps((self.key, self.seen, saved), protocol=pickle.HIGHEST_PROTOCOL)
+        nested = {vk: (slot[0], slot[1].snapshot()) for vk, slot in self.nested.items()}
+        return pickle.dumps((self.key, self.seen, saved, nested), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _ViewLogic(_Lazy):
@@ -1152,6 +1207,16 @@ def _relaxed_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _event_types(view: FeatureView) -> frozenset[str]:
+    return frozenset(str(t) for a in view.aggregations for t in a.event_types)
+
+
+def _owned_by_admission(view: FeatureView) -> bool:
+    """Whether every key of ``view`` belongs to one user (``Entity.owner``): its state then lives in the user's."""
+    owner = view.entity.owner
+    return owner is not None and owner.join_key == ADMISSION_KEY
+
+
 class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[misc]
     """Compile every feature view into one Bytewax dataflow.
 
@@ -1198,21 +1263,33 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
     def admit(self, events: Stream, report: BuildReport) -> Stream:
         """Consent, lateness, then first arrival, keyed by ``user_id``; drops go to the drops log.
 
-        The same keyed step (:class:`_UserLogic`) keeps the ViewState of every view keyed by ``user_id``
-        (their rows go to :attr:`_rows`): one state object per user, one exchange. Returns the admitted events
-        routed to the other views' keys (``view|key``)."""
-        own = tuple((v, frozenset(str(t) for a in v.aggregations for t in a.event_types))
-                    for v in self._views.values() if v.entity.join_key == ADMISSION_KEY)
-        others = [v for v in self._views.values() if v.entity.join_key != ADMISSION_KEY]
-        plan = _Plan(own=own, routes=tuple(self.router(v) for v in others), views=dict(self._views),
-                     rules=self.rules, clock=self.clock)
+        The same keyed step (:class:`_UserLogic`) keeps the ViewState of every view keyed by ``user_id`` and of
+        every view keyed by an entity the user owns (sessions; ``Entity.owner``), their rows going to
+        :attr:`_rows`: one state object per user, one exchange. Returns the admitted events routed to the keys
+        (``view|key``) of any other view (none in the catalogue: then the step's output itself, unused)."""
+        own = tuple((v, _event_types(v)) for v in self._views.values() if v.entity.join_key == ADMISSION_KEY)
+        nested = tuple((v, _event_types(v)) for v in self._views.values() if _owned_by_admission(v))
+        plan = _Plan(own=own, routes=tuple(self.router(v) for v in self._routed()), views=dict(self._views),
+                     rules=self.rules, clock=self.clock, nested=nested)
         decided = op.stateful_batch("users", events, lambda resume: _UserLogic(plan, resume))
-        self._rows.append(op.flat_map_batch("user_rows", decided, lambda xs: [(k, o.rows) for k, o in xs if o.rows]))
-        self._drops.append(op.flat_map_batch("admit_drops", decided, lambda xs: [
-            (k, _encode_drops(o.drops)) for k, o in xs if o.drops]))
+        # one reader splits the step's output by type (each more reader of a stream gets a copy of every item)
+        rows = op.branch("user_rows", decided, lambda kv: type(kv[1]) is list)
+        self._rows.append(rows.trues)
+        rest = rows.falses
+        if plan.routes:
+            split = op.branch("admit_drops_or_routed", rest, lambda kv: type(kv[1]) is _Drops)
+            rest, routed = split.trues, op.flat_map_batch("route", split.falses, lambda xs: [f for _, f in xs])
+        else:
+            routed = rest  # no view is routed on: unread
+        self._drops.append(op.flat_map_batch("admit_drops", rest, lambda xs: [
+            (k, _encode_drops(d.records)) for k, d in xs]))
         for d in Drop:
             report.dropped.setdefault(d.value, 0)
-        return op.flat_map_batch("route", decided, lambda xs: [f for _, o in xs for f in o.forward])
+        return routed
+
+    def _routed(self) -> list[FeatureView]:
+        """The views whose keys need a keyed step of their own: neither the user's nor owned by the user."""
+        return [v for v in self._views.values() if v.entity.join_key != ADMISSION_KEY and not _owned_by_admission(v)]
 
     @staticmethod
     def router(view: FeatureView) -> Callable[[Event], tuple[str, tuple[str, Event]] | None]:
@@ -1234,8 +1311,8 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         return events
 
     def aggregate(self, view: FeatureView, keyed: Stream) -> Stream:
-        """A :class:`ViewState` per ``view|key`` for the views not keyed by the user (one step serves them all).
-        Each call emits one list of rows, keyed by its state key."""
+        """A :class:`ViewState` per ``view|key`` for the views keyed neither by the user nor by an entity the user
+        owns (one step serves them all). Each call emits one list of rows, keyed by its state key."""
         views, clock = dict(self._views), self.clock
         return op.stateful_batch("keys", keyed, lambda resume: _ViewLogic(views, clock, resume))
 
@@ -1270,7 +1347,7 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         for v in views:
             self.key_by_entity(v, stream)
         routed = self.admit(self.validate(stream, report), report)
-        if any(v.entity.join_key != ADMISSION_KEY for v in views):
+        if self._routed():
             self._rows.append(self.aggregate(views[0], routed))
         rows = self._rows[0] if len(self._rows) == 1 else op.merge("rows", *self._rows)
         self.write(views[0], rows)

@@ -10,6 +10,7 @@ change point; its drops log must count what the reference drops.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import socket
@@ -31,9 +32,13 @@ from features.semantics import Drop, EventRules, arrival_order_key
 from features.state import sweep
 from pipelines.bytewax_builder import (
     BytewaxFeatureBuilder,
+    DropRecord,
     FeatureRow,
+    Row,
     StreamClock,
     StreamOutputs,
+    _Drops,
+    _event_types,
     _Plan,
     _UserLogic,
     _ViewLogic,
@@ -44,6 +49,7 @@ from pipelines.eventlog import encode_json, write_jsonl
 from tests.adversarial import adversarial_log
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
+from tests.conftest import settings_in
 
 LATENESS = timedelta(hours=1)
 RULES = EventRules(allowed_lateness=LATENESS)
@@ -109,6 +115,19 @@ def assert_matches_reference(rows: Sequence[FeatureRow], events: Sequence[dict[s
 def assert_drops_match(dropped: dict[str, int], events: Sequence[dict[str, Any]], invalid: int = 0) -> None:
     ref = Reference(events, rules=RULES)
     assert dropped == {**{d.value: ref.drops.get(d, 0) for d in Drop}, "invalid": invalid}
+
+
+def rows_of(emitted: Sequence[Any]) -> list[Row]:
+    """The rows among what the admission step emitted (each kind is its own item)."""
+    return [r for x in emitted if type(x) is list for r in x]
+
+
+def drops_of(emitted: Sequence[Any]) -> list[DropRecord]:
+    return [d for x in emitted if isinstance(x, _Drops) for d in x.records]
+
+
+def forwards_of(emitted: Sequence[Any]) -> list[Any]:
+    return [x for x in emitted if type(x) is tuple]
 
 
 def run_flow(settings: Settings, items: Sequence[Any], *, workers: int = 1, batch_size: int = 50,
@@ -184,6 +203,32 @@ def test_bytewax_run_cli_on_two_workers_replays_the_file(tmp_settings: Settings,
 
 
 # ------------------------------------------------------------------------------------------- edges
+def test_sessions_kept_with_their_user_or_routed_to_a_step_of_their_own_give_the_same_rows(tmp_path: Path) -> None:
+    """A session belongs to one user (``Entity.owner``), so the stream keeps its state in the user's. A view of an
+    entity without an owner goes through the routed path (a second keyed step): the same session view declared
+    that way gives exactly the same rows and drops, on one worker and on two."""
+    events = adversarial_log(2, users=4, events=600)
+    session = REGISTRY.view("session_activity")
+    unowned = dataclasses.replace(session, entity=dataclasses.replace(session.entity, owner=None))
+    results = []
+    for name, views, workers in (("nested", list(REGISTRY.views), 1),
+                                 ("routed", [unowned if v.name == session.name else v for v in REGISTRY.views], 2)):
+        settings = settings_in(tmp_path / name)
+        memory: list[FeatureRow] = []
+        builder = BytewaxFeatureBuilder(settings, outputs=StreamOutputs.from_settings(settings, memory=memory))
+        flow = builder.dataflow(TestingSource(replay_items(events), batch_size=40), views)
+        if workers == 1:
+            run_main(flow)
+        else:
+            cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        steps = {step.step_name for step in flow.substeps}
+        assert ("keys" in steps) == (name == "routed"), steps  # the second keyed step only where a view needs it
+        results.append((sorted(memory), read_drops(builder.outputs.drops_dir)))
+    (nested_rows, nested_drops), (routed_rows, routed_drops) = results
+    assert any(r.view == session.name for r in nested_rows)
+    assert nested_rows == routed_rows and nested_drops == routed_drops
+
+
 def test_invalid_events_go_to_dead_letters_and_are_counted(tmp_settings: Settings) -> None:
     good = [make_event("purchase", user_id="u1", event_time=T0)]
     items: list[Any] = [*replay_items(good), ("log:bad-json", "{nope"), ("log:not-object", "[1, 2]"),
@@ -279,6 +324,26 @@ def test_view_state_snapshot_round_trips_and_continues_identically() -> None:
     assert c.state is not None and c.state.values() == at_head and c.now == head[-1]["ingest_time"]
 
 
+def test_user_snapshot_round_trips_with_the_users_sessions_and_continues_identically() -> None:
+    """Sessions live in their user's state (``Entity.owner``): the user's snapshot carries them, and a restored
+    user goes on emitting the rows of its sessions exactly as the original does."""
+    own = tuple((v, _event_types(v)) for v in REGISTRY.views if v.entity.join_key == "user_id")
+    nested = tuple((v, _event_types(v)) for v in REGISTRY.views if v.entity.join_key == "session_id")
+    plan = _Plan(own=own, routes=(), views={v.name: v for v in REGISTRY.views}, rules=RULES, clock=StreamClock(),
+                 nested=nested)
+    events = [("p", e) for e in in_arrival_order(adversarial_log(7)) if e["user_id"] == "u1"]
+    head, tail = events[: len(events) // 2], events[len(events) // 2:]
+    a = _UserLogic(plan, None)
+    first = rows_of(a.on_batch(head)[0])
+    assert {r.view for r in first} >= {"session_activity", "user_commerce"} and a.nested
+    b = _UserLogic(plan, pickle.loads(pickle.dumps(a.snapshot())))
+    assert {k: s[1].values() for k, s in b.nested.items()} == {k: s[1].values() for k, s in a.nested.items()}
+    rest_a = rows_of(a.on_batch(tail)[0] + a.on_eof()[0])
+    rest_b = rows_of(b.on_batch(tail)[0] + b.on_eof()[0])
+    assert any(r.view == "session_activity" for r in rest_a) and rest_a == rest_b
+    assert not a.nested, "at EOF every window of every session ran empty: nothing is kept"
+
+
 def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None:
     """Bytewax asks each key touched in an epoch for a snapshot, recovery or not: a held snapshot keeps the state
     of its moment however the logic goes on, and one nobody holds any more is never pickled."""
@@ -352,16 +417,16 @@ def test_admission_forgets_ids_after_the_allowed_lateness_and_is_discarded_when_
     first = make_event("login", user_id="u1", event_time=T0, ingest_delay=timedelta(0))
     copy = dict(first, ingest_time=T0 + LATENESS)  # exactly at the limit: still a duplicate
     out, discard = logic.on_batch([("p1", first), ("p2", copy)])
-    assert [e["event_id"] for _, (_, e) in out[0].forward] == [first["event_id"]], "admitted once, routed on"
-    assert [d.reason for d in out[0].drops] == ["duplicate"] and out[0].drops[0].id == "p2" and not discard
+    assert [e["event_id"] for _, (_, e) in forwards_of(out)] == [first["event_id"]], "admitted once, routed on"
+    assert [d.reason for d in drops_of(out)] == ["duplicate"] and drops_of(out)[0].id == "p2" and not discard
     later = make_event("login", user_id="u1", event_time=T0 + 2 * LATENESS, ingest_delay=timedelta(0))
     logic.on_batch([("p3", later)])
     assert set(logic.seen) == {later["event_id"]}, "ids past their lateness are forgotten"
     late_copy = dict(first, ingest_time=T0 + 2 * LATENESS)
     out, _ = logic.on_batch([("p4", late_copy)])
-    assert [d.reason for d in out[0].drops] == ["late"] and not out[0].forward
+    assert [d.reason for d in drops_of(out)] == ["late"] and not forwards_of(out)
     no_consent = make_event("login", user_id="u1", event_time=T0 + 5 * LATENESS, ingest_delay=timedelta(0),
                             consent=False)
     out, discard = logic.on_batch([("p5", no_consent)])
-    assert [d.reason for d in out[0].drops] == ["no_consent"] and discard, \
+    assert [d.reason for d in drops_of(out)] == ["no_consent"] and discard, \
         "nothing left to remember: the user's state is dropped"
