@@ -546,10 +546,10 @@ class _Drops(NamedTuple):
     records: list[DropRecord]
 
 
-Forward = tuple[str, tuple[str, Event]]  # an admitted event for the key (``view|key``) of a view routed on
+_Forward = tuple[str, tuple[str, Event]]  # an admitted event for the key (``view|key``) of a view routed on
 # What one call of the admission step emits, each its own item, told apart by type (one ``branch`` step, no copies
 # of the step's output for several readers): the rows of its views (a ``list``), the drops, the events routed on.
-_Emitted = list[Row] | _Drops | Forward
+_Emitted = list[Row] | _Drops | _Forward
 
 
 _FREEZE_LOCK = threading.Lock()  # a snapshot may be frozen by its logic's worker and pickled by another's
