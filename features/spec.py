@@ -222,6 +222,10 @@ class FeatureView:
         """After this long without events every windowed value is back at its default."""
         return max(a.window.length + a.window.hop for a in self.aggregations)
 
+    def event_types(self) -> frozenset[str]:
+        """The event types any aggregation of the view reads: the only events its state needs to see."""
+        return frozenset(str(t) for a in self.aggregations for t in a.event_types)
+
     def event_fields(self) -> frozenset[str]:
         """Event fields that the view reads (keys, times, inputs and filters)."""
         out = {self.entity.join_key, self.source.timestamp_field, self.source.arrival_field,

@@ -1207,10 +1207,6 @@ def _relaxed_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _event_types(view: FeatureView) -> frozenset[str]:
-    return frozenset(str(t) for a in view.aggregations for t in a.event_types)
-
-
 def _owned_by_admission(view: FeatureView) -> bool:
     """Whether every key of ``view`` belongs to one user (``Entity.owner``): its state then lives in the user's."""
     owner = view.entity.owner
@@ -1267,8 +1263,8 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         every view keyed by an entity the user owns (sessions; ``Entity.owner``), their rows going to
         :attr:`_rows`: one state object per user, one exchange. Returns the admitted events routed to the keys
         (``view|key``) of any other view (none in the catalogue: then the step's output itself, unused)."""
-        own = tuple((v, _event_types(v)) for v in self._views.values() if v.entity.join_key == ADMISSION_KEY)
-        nested = tuple((v, _event_types(v)) for v in self._views.values() if _owned_by_admission(v))
+        own = tuple((v, v.event_types()) for v in self._views.values() if v.entity.join_key == ADMISSION_KEY)
+        nested = tuple((v, v.event_types()) for v in self._views.values() if _owned_by_admission(v))
         plan = _Plan(own=own, routes=tuple(self.router(v) for v in self._routed()), views=dict(self._views),
                      rules=self.rules, clock=self.clock, nested=nested)
         decided = op.stateful_batch("users", events, lambda resume: _UserLogic(plan, resume))
@@ -1295,7 +1291,7 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
     def router(view: FeatureView) -> Callable[[Event], tuple[str, tuple[str, Event]] | None]:
         """The view's item for an event: ``("view|key", (view, event))``, or None if the view does not read it."""
         join_key, name = view.entity.join_key, view.name
-        types = frozenset(str(t) for a in view.aggregations for t in a.event_types)
+        types = view.event_types()
 
         def route(e: Event) -> tuple[str, tuple[str, Event]] | None:
             k = e.get(join_key)

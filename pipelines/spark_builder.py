@@ -315,9 +315,9 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
         keyed = events.where(F.col(key).isNotNull()).select(*sorted(view.event_fields()))
         # Pruning only: an event of a type no aggregation reads changes no state and is no change point
         # (the spec's own event-type filters; the state machine still applies them, and `where`, itself).
-        types = frozenset().union(*(a.event_types for a in view.aggregations))
-        if types != spec.ALL_EVENT_TYPES:
-            keyed = keyed.where(F.col("event_type").isin(sorted(t.value for t in types)))
+        types = view.event_types()
+        if types != {str(t) for t in spec.ALL_EVENT_TYPES}:
+            keyed = keyed.where(F.col("event_type").isin(sorted(types)))
         if self.end is not None:  # what arrives at or after `end` belongs to a later interval
             keyed = keyed.where(F.col("ingest_time") < F.lit(self.end))
         return keyed.repartition(key).sortWithinPartitions(key, "ingest_time", "event_id")

@@ -38,7 +38,6 @@ from pipelines.bytewax_builder import (
     StreamClock,
     StreamOutputs,
     _Drops,
-    _event_types,
     _Plan,
     _UserLogic,
     _ViewLogic,
@@ -327,8 +326,8 @@ def test_view_state_snapshot_round_trips_and_continues_identically() -> None:
 def test_user_snapshot_round_trips_with_the_users_sessions_and_continues_identically() -> None:
     """Sessions live in their user's state (``Entity.owner``): the user's snapshot carries them, and a restored
     user goes on emitting the rows of its sessions exactly as the original does."""
-    own = tuple((v, _event_types(v)) for v in REGISTRY.views if v.entity.join_key == "user_id")
-    nested = tuple((v, _event_types(v)) for v in REGISTRY.views if v.entity.join_key == "session_id")
+    own = tuple((v, v.event_types()) for v in REGISTRY.views if v.entity.join_key == "user_id")
+    nested = tuple((v, v.event_types()) for v in REGISTRY.views if v.entity.join_key == "session_id")
     plan = _Plan(own=own, routes=(), views={v.name: v for v in REGISTRY.views}, rules=RULES, clock=StreamClock(),
                  nested=nested)
     events = [("p", e) for e in in_arrival_order(adversarial_log(7)) if e["user_id"] == "u1"]
@@ -349,7 +348,7 @@ def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None
     of its moment however the logic goes on, and one nobody holds any more is never pickled."""
     view = REGISTRY.view("user_commerce")
     plan = _Plan(
-        own=((view, frozenset(str(t) for a in view.aggregations for t in a.event_types)),),
+        own=((view, view.event_types()),),
         routes=(),
         views={view.name: view},
         rules=RULES,
