@@ -13,7 +13,16 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from features.semantics import Drop, EventRules, admitted, event_order_key, in_window, tile_expiry, tile_start
+from features.semantics import (
+    Collision,
+    Drop,
+    EventRules,
+    admitted,
+    event_order_key,
+    in_window,
+    tile_expiry,
+    tile_start,
+)
 from features.spec import FeatureService, FeatureView, OnDemandView
 
 
@@ -28,7 +37,8 @@ class Reference:
     def __init__(self, events: Iterable[Mapping[str, Any]], *, rules: EventRules) -> None:
         self.rules = rules
         self.drops: dict[Drop, int] = {}
-        self.events: list[Mapping[str, Any]] = list(admitted(events, rules, self.drops))
+        self.collisions: dict[Collision, int] = {}
+        self.events: list[Mapping[str, Any]] = list(admitted(events, rules, self.drops, self.collisions))
         self._by_key: dict[tuple[str, Any], list[Mapping[str, Any]]] = defaultdict(list)
         for e in self.events:
             for key_field in ("user_id", "session_id"):

@@ -6,7 +6,8 @@ an entity *as of* time ``t`` aggregates the events that
 1. belong to the entity and pass the aggregation's event-type filter and ``where``;
 2. the user consented to (``consent_analytics``);
 3. were not *late*: ``ingest_time - event_time <= allowed_lateness``;
-4. are the first arrival of their ``event_id`` (duplicates are dropped);
+4. are the first arrival of their ``event_id`` for their user (duplicates are dropped; ids are unique per
+   user, and an id seen under a second user is reported as a collision: :class:`Collision`);
 5. had *arrived* by ``t``: ``ingest_time <= t``;
 6. fall in the window: ``window_start(t) <= event_time`` where
    ``window_start(t) = floor(t, hop) - length``.
@@ -24,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from features.events import MAX_CLOCK_SKEW
 from features.spec import Window
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -74,10 +76,40 @@ class Drop(StrEnum):
     NO_CONSENT = "no_consent"
 
 
+class Collision(StrEnum):
+    """A broken-producer signal every engine counts (``BuildReport.collisions``), apart from the drops.
+
+    * ``id_collision``: an admitted event whose ``event_id`` was first admitted under another user, no later
+      than that first copy's :meth:`EventRules.id_retention` after its event time. Ids are unique per user, so
+      the event still counts for its own user.
+    * ``session_collision``: an event whose ``session_id`` is held by another user's live session; it is not
+      part of any session feature (it still counts for its user's).
+    """
+
+    EVENT_ID = "id_collision"
+    SESSION_ID = "session_collision"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EventRules:
     allowed_lateness: timedelta
     consent_field: str = "consent_analytics"
+    max_clock_skew: timedelta = MAX_CLOCK_SKEW
+
+    @property
+    def id_retention(self) -> timedelta:
+        """How long past its (clamped) ``event_time`` an admitted id must be remembered to recognise its copies.
+
+        A copy carries the client's own ``event_time``; validation clamps a time up to ``max_clock_skew`` ahead
+        of arrival, so the first copy's stored time can be up to that much earlier than a later copy's, and a
+        later copy is not late until ``allowed_lateness`` past *its* time. Past this, every copy is late.
+        """
+        return self.allowed_lateness + self.max_clock_skew
+
+    def forget_after(self, event: Mapping[str, Any]) -> datetime:
+        """The last arrival time at which a copy of this admitted event can still be a duplicate (not late)."""
+        t: datetime = event["event_time"]
+        return t + self.id_retention
 
     def drop_reason(self, event: Mapping[str, Any]) -> Drop | None:
         """Rules 2 and 3, which depend on the event alone."""
@@ -98,23 +130,57 @@ def event_order_key(event: Mapping[str, Any]) -> tuple[datetime, datetime, str]:
     return (event["event_time"], event["ingest_time"], event["event_id"])
 
 
-def admitted(
-    events: Iterable[Mapping[str, Any]], rules: EventRules, drops: dict[Drop, int] | None = None
-) -> Iterator[Mapping[str, Any]]:
-    """Events that count, in arrival order: rules 2-4 applied (first arrival of an id wins).
+class IdCollisions:
+    """Recognises ``id_collision``: an admitted event whose id was first admitted under another user.
 
-    A duplicate is recognised by ``event_id``; since a copy carries the same
-    ``event_time``, any copy arriving after the allowed lateness is late anyway, so
-    a stream only has to remember ids for ``allowed_lateness`` past their event time.
+    Feed it admitted events in arrival order (:meth:`observe`). It remembers each id's first user until
+    :meth:`EventRules.forget_after` of that first copy; an id arriving later starts afresh. The reference and
+    Spark keep ids as long as they like, the stream forgets them (:meth:`forget`), and all give the same answer.
     """
-    seen: set[str] = set()
+
+    __slots__ = ("first", "rules")
+
+    def __init__(self, rules: EventRules) -> None:
+        self.rules = rules
+        self.first: dict[str, tuple[Any, datetime]] = {}  # event_id -> (user of its first admission, forget after)
+
+    def observe(self, event: Mapping[str, Any]) -> bool:
+        """True if this admitted event is a collision (its id is held by another user)."""
+        eid = event["event_id"]
+        first = self.first.get(eid)
+        if first is None or event["ingest_time"] > first[1]:
+            self.first[eid] = (event.get("user_id"), self.rules.forget_after(event))
+            return False
+        return bool(first[0] != event.get("user_id"))
+
+    def forget(self, now: datetime) -> None:
+        """Drop the ids no copy arriving after ``now`` can collide with."""
+        self.first = {k: v for k, v in self.first.items() if v[1] >= now}
+
+
+def admitted(
+    events: Iterable[Mapping[str, Any]], rules: EventRules, drops: dict[Drop, int] | None = None,
+    collisions: dict[Collision, int] | None = None,
+) -> Iterator[Mapping[str, Any]]:
+    """Events that count, in arrival order: rules 2-4 applied (the first arrival of a user's id wins).
+
+    Rules 2 and 3 come first, so a duplicate is the first arrival among the copies that pass consent and
+    lateness (copies at the same arrival time are interchangeable: the one first in the input wins). A user's
+    id is remembered forever here; a stream may forget it :meth:`EventRules.forget_after` (every later copy is
+    late). ``collisions`` counts the admitted events whose id another user holds (:class:`IdCollisions`).
+    """
+    seen: set[tuple[Any, str]] = set()
+    ids = IdCollisions(rules)
     for e in sorted(events, key=arrival_order_key):
         reason = rules.drop_reason(e)
-        if reason is None and e["event_id"] in seen:
+        key = (e.get("user_id"), e["event_id"])
+        if reason is None and key in seen:
             reason = Drop.DUPLICATE
         if reason is not None:
             if drops is not None:
                 drops[reason] = drops.get(reason, 0) + 1
             continue
-        seen.add(e["event_id"])
+        seen.add(key)
+        if ids.observe(e) and collisions is not None:
+            collisions[Collision.EVENT_ID] = collisions.get(Collision.EVENT_ID, 0) + 1
         yield e

@@ -31,6 +31,8 @@ class BuildReport:
 
     views: dict[str, int] = field(default_factory=dict)  # rows written per view
     dropped: dict[str, int] = field(default_factory=dict)  # late / duplicate / no_consent / invalid
+    # id_collision / session_collision (features.semantics.Collision): counted, not drops
+    collisions: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 

@@ -21,9 +21,13 @@ and dtypes come from the specs. One dataflow serves every view::
   schema); whatever it does not accept goes through :func:`features.events.validate_event`,
   which decides and names the problems, so both paths give the same records and errors.
 * **Admission** is keyed by ``user_id`` (copies of an event share it): consent, then
-  lateness, then the first arrival of an ``event_id``. A user's remembered ids are
-  forgotten once their ``event_time + allowed_lateness`` has passed (a later copy is late
-  anyway), and a user with nothing left is discarded, so the state stays bounded.
+  lateness, then the first arrival of an ``event_id`` (ids are unique per user). A user's
+  remembered ids are forgotten once ``EventRules.forget_after`` (``event_time`` plus the
+  lateness and the clock skew validation clamps) has passed (a later copy is late anyway),
+  and a user with nothing left is discarded, so the state stays bounded. Admitted events'
+  ids also go, keyed by their last characters (a few hundred keys), to the ``ids`` step
+  (:class:`_IdLogic`), which counts an id first admitted under another user as an
+  ``id_collision`` in the drops log (reported apart from the drops: it still counts).
 * **Aggregation** keeps one :class:`ViewState` per view and key. The views keyed by
   ``user_id`` live in the admission step itself (:class:`_UserLogic`: one keyed state per
   user, no second exchange), and so do the views keyed by an entity whose every key
@@ -137,7 +141,7 @@ from features.events import (
     validate_event,
 )
 from features.registry import REGISTRY, Registry
-from features.semantics import Drop, EventRules, to_us
+from features.semantics import Collision, Drop, EventRules, IdCollisions, to_us
 from features.spec import FeatureView
 from features.state import ViewState
 from pipelines.builder import BuildReport, FeatureBuilder
@@ -546,10 +550,20 @@ class _Drops(NamedTuple):
     records: list[DropRecord]
 
 
+_Claim = tuple[str, "Event"]  # an admitted event and its source position, for the id-collision check
+_ID_BUCKET_CHARS = 2  # the ids step is keyed by an id's last characters: a few hundred keys, whatever the load
+
+
+class _Claims(NamedTuple):
+    """The events one call of the admission step admitted, keyed by their id's bucket (:class:`_IdLogic`)."""
+
+    items: list[tuple[str, _Claim]]
+
+
 _Forward = tuple[str, tuple[str, Event]]  # an admitted event for the key (``view|key``) of a view routed on
 # What one call of the admission step emits, each its own item, told apart by type (one ``branch`` step, no copies
 # of the step's output for several readers): the rows of its views (a ``list``), the drops, the events routed on.
-_Emitted = list[Row] | _Drops | _Forward
+_Emitted = list[Row] | _Drops | _Claims | _Forward
 
 
 _FREEZE_LOCK = threading.Lock()  # a snapshot may be frozen by its logic's worker and pickled by another's
@@ -656,19 +670,21 @@ class _UserLogic(_Lazy):
         if self._snap is not None:
             self.thaw()
         rules, seen, heap = self.plan.rules, self.seen, self.heap
-        lateness = rules.allowed_lateness
+        forget_after = rules.forget_after
         admitted: list[Event] = []
         drops: list[DropRecord] = []
+        claims: list[tuple[str, _Claim]] = []
         for pos, e in items:
             reason = rules.drop_reason(e)
             eid = e["event_id"]
             if reason is None and eid in seen:
                 reason = Drop.DUPLICATE
             if reason is None:
-                forget_after = e["event_time"] + lateness
-                seen[eid] = forget_after
-                heapq.heappush(heap, (forget_after, eid))
+                forget = forget_after(e)  # a copy may carry an unclamped, later event_time (id_retention)
+                seen[eid] = forget
+                heapq.heappush(heap, (forget, eid))
                 admitted.append(e)
+                claims.append((eid[-_ID_BUCKET_CHARS:], (pos, e)))
             else:
                 drops.append(DropRecord(reason.value, pos, eid, e["ingest_time"]))
             now = e["ingest_time"]
@@ -676,6 +692,8 @@ class _UserLogic(_Lazy):
                 seen.pop(heapq.heappop(heap)[1], None)
         rows: list[Row] = []
         out: list[_Emitted] = [_Drops(drops)] if drops else []
+        if claims:
+            out.append(_Claims(claims))
         if admitted:
             if not self.key:
                 self.key = str(admitted[0]["user_id"])
@@ -839,6 +857,50 @@ class _ViewLogic(_Lazy):
         state = self.state
         assert state is not None
         return pickle.dumps((self.view_name, self.key, self.now, state.snapshot()), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _IdLogic(_Lazy):
+    """One bucket of event ids (their last characters): which user first admitted each id, for ``id_collision``
+    (:class:`features.semantics.IdCollisions`; ids are unique per user, so a collision is counted, not dropped).
+    Each call emits the collisions' records (or nothing). Ids are forgotten as admission forgets them: a bucket
+    is a few hundred keys whatever the load, so Bytewax's per-key costs do not grow with the users."""
+
+    __slots__ = ("ids", "limit", "now", "rules")
+
+    def __init__(self, rules: EventRules, resume: bytes | _Snapshot | None) -> None:
+        self._snap = None
+        self.rules = rules
+        self.ids = IdCollisions(rules)
+        self.now: datetime | None = None  # the latest arrival seen
+        self.limit = _ID_FORGET_AT  # sweep the forgotten ids once this many are held (then twice what is left)
+        if resume is not None:
+            self.ids.first, self.now = self.loads(resume)
+
+    def on_batch(self, items: list[_Claim]) -> tuple[list[list[DropRecord]], bool]:
+        if self._snap is not None:
+            self.thaw()
+        out: list[DropRecord] = []
+        observe = self.ids.observe
+        for pos, e in items:
+            if observe(e):
+                out.append(DropRecord(Collision.EVENT_ID.value, f"{pos}#id", e["event_id"], e["ingest_time"]))
+        now = items[-1][1]["ingest_time"]
+        if self.now is not None and self.now > now:
+            now = self.now
+        self.now = now
+        if len(self.ids.first) > self.limit:
+            self.ids.forget(now)
+            self.limit = max(_ID_FORGET_AT, 2 * len(self.ids.first))
+        return ([out] if out else []), False
+
+    def on_eof(self) -> tuple[list[list[DropRecord]], bool]:
+        return [], True
+
+    def dump(self) -> bytes:
+        return pickle.dumps((self.ids.first, self.now), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_ID_FORGET_AT = 4096  # a bucket sweeps its forgotten ids once it holds this many (amortised, not per event)
 
 
 # ------------------------------------------------------------------------------------------- sinks
@@ -1166,13 +1228,14 @@ def timelines(rows: Iterable[FeatureRow]) -> dict[tuple[str, str], dict[datetime
 
 
 def read_drops(directory: Path) -> dict[str, int]:
-    """Drops per reason (``late``, ``duplicate``, ``no_consent``, ``invalid``), each source position once."""
+    """Drops per reason (``late``, ``duplicate``, ``no_consent``, ``invalid``) and collisions per kind
+    (``id_collision``, ``session_collision``: counted, not dropped), each record id once."""
     seen: dict[str, str] = {}
     for line in _lines(directory):
         obj = json.loads(line)
         seen[obj["id"]] = obj["reason"]
     counts = Counter(seen.values())
-    return {r: counts.get(r, 0) for r in (*(d.value for d in Drop), INVALID)}
+    return {r: counts.get(r, 0) for r in (*(d.value for d in Drop), INVALID, *(c.value for c in Collision))}
 
 
 # ------------------------------------------------------------------------------------------- the builder
@@ -1271,7 +1334,13 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         # one reader splits the step's output by type (each more reader of a stream gets a copy of every item)
         rows = op.branch("user_rows", decided, lambda kv: type(kv[1]) is list)
         self._rows.append(rows.trues)
-        rest = rows.falses
+        claims = op.branch("user_claims", rows.falses, lambda kv: type(kv[1]) is _Claims)
+        rest = claims.falses
+        by_id = op.flat_map_batch("id_claims", claims.trues, lambda xs: [c for _, cl in xs for c in cl.items])
+        rules = self.rules
+        collided = op.stateful_batch("ids", by_id, lambda resume: _IdLogic(rules, resume))
+        self._drops.append(op.flat_map_batch("id_collisions", collided, lambda xs: [
+            (k, _encode_drops(d)) for k, d in xs]))
         if plan.routes:
             split = op.branch("admit_drops_or_routed", rest, lambda kv: type(kv[1]) is _Drops)
             rest, routed = split.trues, op.flat_map_batch("route", split.falses, lambda xs: [f for _, f in xs])
@@ -1371,7 +1440,10 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
 
     def report(self) -> BuildReport:
         """Rows per view (distinct change points) and drops per reason, from the logs on disk."""
-        report = BuildReport(dropped=read_drops(self.outputs.drops_dir))
+        counts = read_drops(self.outputs.drops_dir)
+        collisions = {c.value for c in Collision}
+        report = BuildReport(dropped={k: v for k, v in counts.items() if k not in collisions},
+                             collisions={k: v for k, v in counts.items() if k in collisions})
         if self.outputs.changelog_dir is not None:
             for (view, _key), points in timelines(read_changelog(self.outputs.changelog_dir, self.registry)).items():
                 report.views[view] = report.views.get(view, 0) + len(points)

@@ -51,7 +51,7 @@ from conf.settings import Settings, load_settings
 from features import spec
 from features.reference import Reference
 from features.registry import REGISTRY, Registry
-from features.semantics import Drop, EventRules
+from features.semantics import Collision, Drop, EventRules
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -100,7 +100,7 @@ class ParityReport:
     events: int
     end: datetime
     features: list[FeatureParity]
-    drops: dict[str, dict[str, int]]  # engine -> reason -> events
+    drops: dict[str, dict[str, int]]  # engine -> drop reason or collision kind -> events
     feast: dict[str, int]  # compared / mismatched cells between Feast online and Feast offline
     seconds: dict[str, float]
     workers: int
@@ -108,7 +108,8 @@ class ParityReport:
     @property
     def mismatches(self) -> int:
         return sum(f.mismatched + f.missing + f.extra + f.reference_mismatched for f in self.features) + \
-            self.feast.get("mismatched", 0) + int(self.drops.get("spark") != self.drops.get("bytewax"))
+            self.feast.get("mismatched", 0) + sum(int(d != self.drops.get("reference")) for e, d in self.drops.items()
+                                                  if e != "reference")
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "end": self.end.isoformat(), "workers": self.workers,
@@ -125,9 +126,9 @@ class ParityReport:
             out += [f"    e.g. {e}" for e in f.examples[:3]]
         reasons = sorted({r for d in self.drops.values() for r in d})
         out.append("")
-        out.append(f"{'not counted':17s} " + " ".join(f"{r:>11s}" for r in reasons))
+        out.append(f"{'drops/collisions':17s} " + " ".join(f"{r:>17s}" for r in reasons))
         for engine, d in self.drops.items():
-            out.append(f"{engine:17s} " + " ".join(f"{d.get(r, 0):11,d}" for r in reasons))
+            out.append(f"{engine:17s} " + " ".join(f"{d.get(r, 0):17,d}" for r in reasons))
         out.append("")
         out.append(f"Feast online vs Feast offline (get_historical_features) at {self.end - timedelta(microseconds=1)}:"
                    f" {self.feast.get('compared', 0):,} cells, {self.feast.get('mismatched', 0):,} differ")
@@ -322,10 +323,12 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
                                  f"offline {value!r}")
     seconds["feast"] = round(time.perf_counter() - t0, 2)
 
-    ref_drops = {d.value: ref.drops.get(d, 0) for d in Drop}
+    ref_drops = {**{d.value: ref.drops.get(d, 0) for d in Drop},
+                 **{c.value: ref.collisions.get(c, 0) for c in Collision}}
     drops = {"reference": ref_drops,
-             "spark": {k: v for k, v in spark_report.dropped.items() if k in ref_drops},
-             "bytewax": {k: v for k, v in stream_report.dropped.items() if k in ref_drops}}
+             "spark": {k: v for k, v in {**spark_report.dropped, **spark_report.collisions}.items() if k in ref_drops},
+             "bytewax": {k: v for k, v in {**stream_report.dropped, **stream_report.collisions}.items()
+                         if k in ref_drops}}
     return ParityReport(events=table.num_rows, end=end, features=features, drops=drops, feast=feast,
                         seconds=seconds, workers=workers)
 

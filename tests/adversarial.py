@@ -52,5 +52,53 @@ def adversarial_log(seed: int, *, users: int = 3, events: int = 400, span: timed
         out.append(e)
         if rng.random() < 0.05:  # a duplicate re-sent later
             out.append(dict(e, ingest_time=e["ingest_time"] + timedelta(seconds=rng.uniform(0, 600))))
+    # the classes an independent oracle found (a separate generator, so the log above stays as it was)
+    extra = random.Random(seed + 10_000)
+    for _ in range(max(1, events // 100)):
+        user = f"u{extra.randint(1, users)}"
+        other = f"u{extra.randint(1, users)}"
+        at = START + timedelta(seconds=extra.uniform(0, span.total_seconds()))
+        out += clock_ahead_retry(user, at, ahead=timedelta(seconds=extra.uniform(1, 300)),
+                                 retry_after=allowed_lateness - timedelta(seconds=extra.uniform(1, 600)))
+        if other != user:
+            out += id_under_two_users(user, other, at + timedelta(seconds=extra.uniform(0, 3600)),
+                                      gap=timedelta(seconds=extra.uniform(0, 900)))
     rng.shuffle(out)
     return out
+
+
+def clock_ahead_retry(user: str, at: datetime, *, ahead: timedelta = timedelta(minutes=3),
+                      retry_after: timedelta = timedelta(minutes=59), event_type: EventType = EventType.LOGIN,
+                      **props: Any) -> list[dict[str, Any]]:
+    """A login whose client clock ran ``ahead`` arrives at ``at`` (validation clamps its time to ``at``); the
+    client retries it, same id and payload, ``retry_after`` past its own (unclamped) time: not late, a duplicate.
+
+    The stream used to forget the id at the clamped time plus the lateness and count the retry again."""
+    eid = f"retry-{user}-{at.timestamp():.6f}"
+    stamped = at + ahead
+    first = make_event(event_type, user_id=user, session_id=f"{user}-s9", event_id=eid, event_time=stamped,
+                       ingest_delay=-ahead, **props)
+    retry = make_event(event_type, user_id=user, session_id=f"{user}-s9", event_id=eid, event_time=stamped,
+                       ingest_delay=retry_after, **props)
+    return [first, retry]
+
+
+def id_under_two_users(user: str, other: str, at: datetime, *, gap: timedelta = timedelta(minutes=5),
+                       event_type: EventType = EventType.LOGIN) -> list[dict[str, Any]]:
+    """The same ``event_id`` under two users, ``gap`` apart: ids are unique per user, so both count, and the
+    second is an ``id_collision`` in every engine's report."""
+    eid = f"shared-{at.timestamp():.6f}"
+    return [make_event(event_type, user_id=user, session_id=f"{user}-s8", event_id=eid, event_time=at),
+            make_event(event_type, user_id=other, session_id=f"{other}-s8", event_id=eid, event_time=at + gap)]
+
+
+def minimal_logs() -> dict[str, list[dict[str, Any]]]:
+    """One minimal log per class the independent oracle found (issue 14), as written in the issue."""
+    noon = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    retry = clock_ahead_retry("u1", noon, ahead=timedelta(minutes=3), retry_after=timedelta(minutes=59))
+    between = make_event(EventType.PAGE_VIEW, user_id="u1", session_id="u1-s9", event_time=noon + timedelta(
+        hours=1, seconds=30))
+    return {
+        "clock_ahead_retry": [*retry, between],
+        "id_under_two_users": id_under_two_users("a", "b", noon, gap=timedelta(minutes=5)),
+    }

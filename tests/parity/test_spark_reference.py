@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from conf.settings import Settings, load_settings
 from features.reference import Reference
 from features.registry import REGISTRY
-from features.semantics import Drop, EventRules, tile_expiry, tile_start
+from features.semantics import Collision, Drop, EventRules, tile_expiry, tile_start
 from features.spec import FeatureView
 from pipelines import feast_repo
 from pipelines.eventlog import records_to_table, write_parquet
@@ -33,7 +33,7 @@ from pipelines.spark_builder import (
     feast_training_set,
     to_pandas,
 )
-from tests.adversarial import START, adversarial_log
+from tests.adversarial import START, adversarial_log, minimal_logs
 from tests.compare import same
 
 LATENESS = timedelta(hours=1)
@@ -123,6 +123,27 @@ def test_every_spark_row_equals_the_reference(built: Callable[[int, int, int], B
             want = ref.features(view, r[key], r[EVENT_TIMESTAMP])
             bad = {n: (r[n], want[n]) for n in want if not same(r[n], want[n])}
             assert not bad, (view.name, r[key], r[EVENT_TIMESTAMP], bad)
+
+
+@pytest.mark.parametrize("name", sorted(minimal_logs()))
+def test_the_independent_oracles_minimal_logs(tmp_path: Path, spark: SparkSession, name: str) -> None:
+    """Each class the independent oracle found, as its minimal log: Spark's rows, drops and collisions equal the
+    reference's (ids are unique per user: an id under a second user counts there and is an ``id_collision``)."""
+    b = Built(tmp_path, spark, minimal_logs()[name])
+    ref = b.ref
+    assert b.report.collisions == {c.value: ref.collisions.get(c, 0) for c in Collision if c is Collision.EVENT_ID}
+    assert {k: v for k, v in b.report.dropped.items() if k != "invalid"} == {d.value: ref.drops.get(d, 0)
+                                                                              for d in Drop}
+    if name == "id_under_two_users":
+        assert b.report.collisions["id_collision"] == 1
+    for view in REGISTRY.views:
+        key = view.entity.join_key
+        rows = offline_rows(b.builder, view)
+        assert sorted((r[key], r[EVENT_TIMESTAMP]) for r in rows) == sorted(
+            (k, t) for k in ref.keys(view) for t in ref.change_points(view, k)), view.name
+        for r in rows:
+            want = ref.features(view, r[key], r[EVENT_TIMESTAMP])
+            assert not {n for n in want if not same(r[n], want[n])}, (view.name, r[key], r[EVENT_TIMESTAMP])
 
 
 def _queries(ref: Reference) -> pd.DataFrame:
@@ -234,6 +255,29 @@ def test_intervals_add_up_to_one_full_run_and_reruns_are_idempotent(built: Calla
     assert table_rows(inc, view) == before
 
 
+def test_an_interval_without_change_points_succeeds_writes_nothing_and_clears_its_days(
+        built: Callable[[int, int, int], Built], tmp_path: Path, spark: SparkSession) -> None:
+    """The hourly DAG meets quiet intervals: a day after every window emptied, and a day before any event."""
+    full = built(21, 3, 300)
+    settings = settings_for(tmp_path)
+    write_parquet(records_to_table(full.events), settings.events_path)
+    builder = SparkFeatureBuilder(settings, spark=spark)
+    builder.backfill()
+    quiet = AFTER_ALL + timedelta(days=3)
+    root = settings.offline_path / "user_commerce"
+    stale = root / f"event_date={quiet.date().isoformat()}"
+    stale.mkdir()
+    pq.write_table(pq.read_table(next(root.glob("event_date=2026-10-31/*.parquet"))), stale / "part-stale.parquet",
+                   coerce_timestamps="us")
+    for start in (quiet, DAY1 - timedelta(days=60)):
+        report = builder.backfill(start=start, end=start + timedelta(days=1))
+        assert report.views == {v.name: 0 for v in REGISTRY.views}
+        assert sum(report.dropped.values()) == 0 and sum(report.collisions.values()) == 0
+    assert not stale.exists(), "the interval's days are cleared"
+    assert table_rows(builder, REGISTRY.view("user_commerce")) == table_rows(full.builder, REGISTRY.view(
+        "user_commerce"))
+
+
 def test_interval_bounds_must_be_midnights(tmp_path: Path, spark: SparkSession) -> None:
     builder = SparkFeatureBuilder(settings_for(tmp_path), spark=spark)
     with pytest.raises(ValueError, match="UTC midnights"):
@@ -248,15 +292,18 @@ def test_validation_names_bad_columns_and_dead_letters_rows(tmp_path: Path, spar
     settings = settings_for(tmp_path)
     events = adversarial_log(41, users=2, events=120)
     bad = [dict(events[0], event_id=None), dict(events[1], user_id=None), dict(events[2], ingest_time=None),
-           dict(events[3], event_time=events[3]["ingest_time"] + timedelta(seconds=1)),
+           dict(events[3], event_time=events[3]["ingest_time"] + timedelta(minutes=5, microseconds=1)),
            dict(events[4], event_time=None, ingest_time=None)]
-    good = events[5:]
-    write_parquet(records_to_table(good + bad), settings.events_path)
+    # a client clock 2 minutes ahead is clamped to the arrival, as the event model and the stream do
+    ahead = dict(events[5], event_time=events[5]["ingest_time"] + timedelta(minutes=2))
+    good = [dict(ahead, event_time=ahead["ingest_time"]), *events[6:]]
+    write_parquet(records_to_table([ahead, *events[6:], *bad]), settings.events_path)
     builder = SparkFeatureBuilder(settings, spark=spark)
     report = builder.backfill()
     assert report.dropped["invalid"] == len(bad)
     assert builder.dead_letters == {"event_id is null": 1, "user_id is null": 1, "ingest_time is null": 2,
-                                    "event_time is null": 1, "event_time is after ingest_time": 1}
+                                    "event_time is null": 1,
+                                    "event_time is more than 300s after ingest_time (max clock skew)": 1}
     letters = spark.read.parquet(str(settings.dead_letter_path / DEAD_LETTER_TABLE)).toPandas()
     assert len(letters) == len(bad) and letters["_problem"].notna().all()
     builder.backfill()  # idempotent: the dead letters are replaced, not appended
@@ -264,6 +311,14 @@ def test_validation_names_bad_columns_and_dead_letters_rows(tmp_path: Path, spar
     ref = Reference(good, rules=RULES)  # the bad rows never reach a feature
     assert {k: v for k, v in report.dropped.items() if k != "invalid"} == {
         "late": 0, "duplicate": 0, "no_consent": 0, **{d.value: n for d, n in ref.drops.items()}}
+    for view in REGISTRY.views:  # the clamped event counts at its arrival, in its arrival's tile
+        key = view.entity.join_key
+        rows = offline_rows(builder, view)
+        assert sorted((r[key], r[EVENT_TIMESTAMP]) for r in rows) == sorted(
+            (k, t) for k in ref.keys(view) for t in ref.change_points(view, k)), view.name
+        for r in rows:
+            want = ref.features(view, r[key], r[EVENT_TIMESTAMP])
+            assert not {n for n in want if not same(r[n], want[n])}, (view.name, r[key], r[EVENT_TIMESTAMP])
     view = REGISTRY.view("user_account")
     got = sorted((r["user_id"], r[EVENT_TIMESTAMP]) for r in offline_rows(builder, view))
     assert got == sorted((k, t) for k in ref.keys(view) for t in ref.change_points(view, k))

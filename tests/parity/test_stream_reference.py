@@ -28,7 +28,7 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 from conf.settings import Settings
 from features.reference import Reference
 from features.registry import REGISTRY
-from features.semantics import Drop, EventRules, arrival_order_key
+from features.semantics import Collision, Drop, EventRules, arrival_order_key
 from features.state import sweep
 from pipelines.bytewax_builder import (
     BytewaxFeatureBuilder,
@@ -45,7 +45,7 @@ from pipelines.bytewax_builder import (
     read_drops,
 )
 from pipelines.eventlog import encode_json, write_jsonl
-from tests.adversarial import adversarial_log
+from tests.adversarial import adversarial_log, minimal_logs
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
 from tests.conftest import settings_in
@@ -113,7 +113,8 @@ def assert_matches_reference(rows: Sequence[FeatureRow], events: Sequence[dict[s
 
 def assert_drops_match(dropped: dict[str, int], events: Sequence[dict[str, Any]], invalid: int = 0) -> None:
     ref = Reference(events, rules=RULES)
-    assert dropped == {**{d.value: ref.drops.get(d, 0) for d in Drop}, "invalid": invalid}
+    assert dropped == {**{d.value: ref.drops.get(d, 0) for d in Drop}, "invalid": invalid,
+                       **{c.value: ref.collisions.get(c, 0) for c in Collision}}
 
 
 def rows_of(emitted: Sequence[Any]) -> list[Row]:
@@ -157,6 +158,26 @@ def test_stream_rows_equal_sweep_and_reference_at_every_change_point(tmp_setting
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
     report = builder.report()
     assert sum(report.views.values()) == checked
+
+
+@pytest.mark.parametrize("name", sorted(minimal_logs()))
+def test_the_independent_oracles_minimal_logs(tmp_settings: Settings, name: str) -> None:
+    """Each class the independent oracle found, as its minimal log: rows, drops and collisions as the rules say."""
+    events = minimal_logs()[name]
+    builder, memory = run_flow(tmp_settings, replay_items(events), batch_size=1)
+    assert_matches_reference(memory, events)
+    assert_drops_match(read_drops(builder.outputs.drops_dir), events)
+    report = builder.report()
+    logins = {r.event_timestamp: r.values["user_logins_7d"] for r in memory
+              if r.view == "user_account" and r.key in ("u1", "b")}
+    if name == "clock_ahead_retry":  # the retry at 13:02 is a duplicate: one login, stamped with the clamped time
+        assert report.dropped["duplicate"] == 1
+        assert max(logins.values()) == 1
+        seen = {r.values["user_last_login_at_30d"] for r in memory if r.view == "user_account"} - {None}
+        assert seen == {events[0]["event_time"]}
+    else:  # ids are unique per user: b's login counts, and is reported as a collision
+        assert report.collisions["id_collision"] == 1
+        assert logins and max(logins.values()) == 1
 
 
 def test_bigger_log_on_two_workers_with_tiny_batches(tmp_settings: Settings) -> None:
@@ -233,7 +254,8 @@ def test_invalid_events_go_to_dead_letters_and_are_counted(tmp_settings: Setting
     items: list[Any] = [*replay_items(good), ("log:bad-json", "{nope"), ("log:not-object", "[1, 2]"),
                         ("log:bad-event", encode_json({**good[0], "event_id": "x", "amount": -5}))]
     builder, memory = run_flow(tmp_settings, items)
-    assert read_drops(builder.outputs.drops_dir) == {"late": 0, "duplicate": 0, "no_consent": 0, "invalid": 3}
+    assert read_drops(builder.outputs.drops_dir) == {"late": 0, "duplicate": 0, "no_consent": 0, "invalid": 3,
+                                                     "id_collision": 0, "session_collision": 0}
     dead = (tmp_settings.dead_letter_path / "bytewax-0.jsonl").read_text()
     assert "log:bad-json" in dead and "amount" in dead and "must be >= 0" in dead
     assert {r.view for r in memory} == {"user_commerce", "user_account", "session_activity"}

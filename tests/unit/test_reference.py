@@ -14,7 +14,7 @@ import pytest
 from features.catalog import SESSION_ACTIVITY, SESSION_CONTEXT, USER_ACCOUNT, USER_COMMERCE, USER_RECENCY
 from features.reference import Reference
 from features.registry import REGISTRY
-from features.semantics import Drop, EventRules, floor_time, tile_expiry, window_start
+from features.semantics import Collision, Drop, EventRules, floor_time, tile_expiry, window_start
 from features.spec import W5M, W24H, W30D
 from tests.builders import T0, make_event, minutes
 
@@ -204,3 +204,41 @@ def test_change_points_cover_every_value_change() -> None:
 def test_naive_as_of_is_rejected() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         ref().features(USER_COMMERCE, "u1", datetime(2026, 1, 1))
+
+
+# ------------------------------------------------------------------------------------------- issue 14: ids
+def test_a_retry_of_a_clamped_event_is_a_duplicate_until_the_id_retention() -> None:
+    """Login stamped 12:03 arrives at 12:00 (clamped); its retry, stamped 12:03, at 13:02 is not late: a duplicate."""
+    noon = T0.replace(hour=12, minute=0, second=0, microsecond=0)
+    first = make_event("login", event_id="R", event_time=noon + minutes(3), ingest_delay=-minutes(3))
+    assert first["event_time"] == noon == first["ingest_time"]  # validation clamped it
+    retry = make_event("login", event_id="R", event_time=noon + minutes(3), ingest_delay=minutes(59))
+    r = ref(first, retry)
+    assert r.drops == {Drop.DUPLICATE: 1}
+    at = noon + minutes(62)
+    assert r.features(USER_ACCOUNT, "u1", at)["user_logins_7d"] == 1
+    assert r.features(USER_ACCOUNT, "u1", at)["user_last_login_at_30d"] == noon
+    assert RULES.id_retention == timedelta(hours=1, minutes=5)
+    assert RULES.forget_after(first) == noon + timedelta(hours=1, minutes=5)
+    assert retry["ingest_time"] <= RULES.forget_after(first)  # the stream must still remember R then
+
+
+def test_an_id_under_two_users_counts_for_both_and_is_a_collision_within_the_retention() -> None:
+    a = make_event("login", user_id="a", event_id="X", event_time=T0)
+    b = make_event("login", user_id="b", event_id="X", event_time=T0 + minutes(5))
+    r = ref(a, b)
+    assert r.drops == {} and r.collisions == {Collision.EVENT_ID: 1}
+    assert r.features(USER_ACCOUNT, "b", T0 + minutes(10))["user_logins_7d"] == 1
+    later = make_event("login", user_id="c", event_id="X", event_time=T0 + timedelta(hours=2))
+    assert ref(a, later).collisions == {}, "past the first copy's retention the id is free again"
+    same_user = make_event("login", user_id="a", event_id="X", event_time=T0, ingest_delay=minutes(2))
+    assert ref(a, same_user, b).collisions == {Collision.EVENT_ID: 1}
+    assert ref(a, same_user, b).drops == {Drop.DUPLICATE: 1}
+
+
+def test_a_non_consented_first_copy_does_not_stand_in_for_a_consented_retry() -> None:
+    refused = make_event("purchase", event_id="P", event_time=T0, consent=False)
+    retry = make_event("purchase", event_id="P", event_time=T0, ingest_delay=minutes(3))
+    r = ref(refused, retry)
+    assert r.drops == {Drop.NO_CONSENT: 1}
+    assert spend(r, T0 + minutes(5)) == retry["amount"]
