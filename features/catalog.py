@@ -35,6 +35,7 @@ from features.spec import (
     W7D,
     W24H,
     W30D,
+    W30D_HOURLY,
     Aggregation,
     Derived,
     Entity,
@@ -92,13 +93,18 @@ def _items_in_cart(entity: str) -> Derived:
                    description=f"Units the {entity} added to cart in 24 hours and neither removed nor bought")
 
 
-def _weekly_change(name: str, last_7d: str, last_30d: str, what: str) -> Derived:
-    """``last_7d`` against the weekly rate of the 23 days before it: -0.5 = halved; 0 without earlier ones."""
-    prior_week = (col(last_30d) - col(last_7d)) * (7 / 23)
+def _weekly_change(name: str, last_7d: str, last_30d_hourly: str, what: str) -> Derived:
+    """``last_7d`` against the weekly rate of the 23 days before it: -0.5 = halved; 0 without earlier ones.
+
+    Both counts have the same hourly hop, so as of ``t`` the 30-day window starts ``floor(t, 1h) - 30d`` and the
+    7-day one ``floor(t, 1h) - 7d``: the remainder is exactly 23 days (with the 30d window's daily hop it spanned
+    23 to 24 days, and the change was biased upwards by up to 1/23)."""
+    prior_week = (col(last_30d_hourly) - col(last_7d)) * (7 / 23)
     return Derived(name=name, dtype="float64", default=0.0, min_value=-1.0,
                    expr=coalesce((col(last_7d) - prior_week) / prior_week, 0.0),
-                   description=f"Relative change of the 7-day {what} count against the prior weekly rate "
-                               f"(-0.5 = {what}s halved; 0 without prior {what}s)")
+                   description=f"Relative change of the 7-day {what} count against the weekly rate of the exactly "
+                               f"23 days before it: (n_7d - r) / r with r = (n_30d - n_7d) x 7/23, both windows on "
+                               f"the same hourly hop (-0.5 = {what}s halved; 0 without prior {what}s)")
 
 
 # --------------------------------------------------------------------------------------- user commerce
@@ -183,6 +189,12 @@ USER_ACCOUNT: Final = FeatureView(
                     dtype="int64", default=0, min_value=0, description="Sessions in the last 7 days"),
         Aggregation(name="user_sessions_30d", op=CountDistinct(), input=col("session_id"), window=W30D,
                     dtype="int64", default=0, min_value=0, description="Sessions in the last 30 days"),
+        _count("user_logins_30d_hourly", {E.LOGIN}, W30D_HOURLY,
+               "Logins in the last 30 days on the 7-day window's hourly hop (the base of the login trend)"),
+        Aggregation(name="user_sessions_30d_hourly", op=CountDistinct(), input=col("session_id"), window=W30D_HOURLY,
+                    dtype="int64", default=0, min_value=0,
+                    description="Sessions in the last 30 days on the 7-day window's hourly hop (the base of the "
+                                "session trend)"),
         _count("user_help_searches_24h", {E.HELP_SEARCH}, W24H, "Help searches in the last 24 hours"),
         _count("user_help_searches_7d", {E.HELP_SEARCH}, W7D, "Help searches in the last 7 days", tags=ACCOUNT),
         _count("user_cancel_intent_searches_7d", {E.HELP_SEARCH}, W7D,
@@ -211,8 +223,8 @@ USER_ACCOUNT: Final = FeatureView(
     derived=(
         # Logins and sessions in the last 7 days against the weekly rate of the 23 days before them:
         # a churner's visits thin out before they stop.
-        _weekly_change("user_login_freq_change_7d", "user_logins_7d", "user_logins_30d", "login"),
-        _weekly_change("user_session_freq_change_7d", "user_sessions_7d", "user_sessions_30d", "session"),
+        _weekly_change("user_login_freq_change_7d", "user_logins_7d", "user_logins_30d_hourly", "login"),
+        _weekly_change("user_session_freq_change_7d", "user_sessions_7d", "user_sessions_30d_hourly", "session"),
         Derived(name="user_events_per_session_7d", dtype="float64", default=0.0, min_value=0.0,
                 expr=coalesce(col("user_events_7d") / col("user_sessions_7d"), 0.0),
                 description="Events per session in the last 7 days: visits get shorter before a user leaves"),

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from features.registry import REGISTRY
 from features.semantics import (
     Collision,
     Drop,
@@ -34,7 +35,8 @@ class Reference:
     counted in :attr:`drops`.
     """
 
-    def __init__(self, events: Iterable[Mapping[str, Any]], *, rules: EventRules) -> None:
+    def __init__(self, events: Iterable[Mapping[str, Any]], *, rules: EventRules,
+                 views: Iterable[FeatureView] | None = None) -> None:
         self.rules = rules
         self.drops: dict[Drop, int] = {}
         self.collisions: dict[Collision, int] = {}
@@ -44,8 +46,46 @@ class Reference:
             for key_field in ("user_id", "session_id"):
                 if e.get(key_field) is not None:
                     self._by_key[(key_field, e[key_field])].append(e)
+        # views whose keys have an owner (a session is one user's): each key's events of its owner only
+        self._owned: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
+        collided: set[tuple[Any, str]] = set()
+        for view in REGISTRY.views if views is None else views:
+            if view.entity.owner is not None:
+                for key in self.keys(view):
+                    self._owned[(view.name, key)] = self._owner_events(view, key, collided)
+        if collided:
+            self.collisions[Collision.SESSION_ID] = len(collided)
+
+    def _owner_events(self, view: FeatureView, key: Any, collided: set[tuple[Any, str]]) -> list[Mapping[str, Any]]:
+        """A key's events of its owner, in arrival order (SEMANTICS.md, "Session ids shared by users").
+
+        The owner is the user of the event that arrives while no event taken so far still has a tile in a window
+        (no live state); while one does, another user's event is a collision (kept in ``collided``, once per
+        event across views)."""
+        field = view.entity.owner.join_key  # type: ignore[union-attr]
+        types = view.event_types()
+        taken: list[Mapping[str, Any]] = []
+        owner: Any = None
+        for e in self._by_key.get((view.entity.join_key, key), []):
+            if e["event_type"] not in types:
+                taken.append(e)  # not the view's: changes nothing
+                continue
+            t = e["ingest_time"]
+            live = any(agg.accepts(x) and agg.value_of(x) is not None
+                       and tile_expiry(tile_start(x["event_time"], agg.window), agg.window) > t
+                       for x in taken for agg in view.aggregations)
+            if not live:
+                owner = e.get(field)
+            if e.get(field) == owner:
+                taken.append(e)
+            else:
+                collided.add((e.get(field), e["event_id"]))
+        return taken
 
     def entity_events(self, view: FeatureView, key: Any) -> list[Mapping[str, Any]]:
+        owned = self._owned.get((view.name, key))
+        if owned is not None:
+            return owned
         return self._by_key.get((view.entity.join_key, key), [])
 
     def keys(self, view: FeatureView) -> list[Any]:

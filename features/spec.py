@@ -37,9 +37,10 @@ def _fmt(td: timedelta) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Entity:
-    """What features are keyed by. ``owner``: the entity each key of this one belongs to, for its whole life (a
-    session is one user's): its key is still unique on its own, and an engine may keep its state with the
-    owner's (the stream does: one keyed step per user instead of one more per session)."""
+    """What features are keyed by. ``owner``: the entity each key of this one belongs to (a session is one
+    user's): its key is still unique on its own. Engines check it: while a key's state lives, an event of another
+    owner carrying the key is a ``session_collision``, left out of the key's features (``features.state.Owner``,
+    SEMANTICS.md)."""
 
     name: str
     join_key: str
@@ -91,7 +92,9 @@ W1H: Final = Window(length=timedelta(hours=1), hop=timedelta(minutes=5))
 W24H: Final = Window(length=timedelta(hours=24), hop=timedelta(hours=1))
 W7D: Final = Window(length=timedelta(days=7), hop=timedelta(hours=1))
 W30D: Final = Window(length=timedelta(days=30), hop=timedelta(days=1))
-WINDOWS: Final = (W5M, W1H, W24H, W7D, W30D)
+# 30 days at the 7-day window's hourly hop: their difference is then exactly the 23 days before the week
+W30D_HOURLY: Final = Window(length=timedelta(days=30), hop=timedelta(hours=1))
+WINDOWS: Final = (W5M, W1H, W24H, W7D, W30D, W30D_HOURLY)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -410,16 +410,52 @@ class ViewState:
         return self._next is None
 
 
+class Owner:
+    """Whose key it is: the rule for a view whose entity has an ``owner`` (a session is one user's).
+
+    The owner of a key is the owner field (``user_id``) of the event that finds the key's state empty (no live
+    tile) at its arrival. While the state holds tiles, an event of another owner carrying the key is a
+    ``session_collision``: it is not part of the key's features. Once every tile has expired the key is free
+    again. Call :meth:`admits` after advancing the state to the event's arrival, before adding it.
+    """
+
+    __slots__ = ("field", "owner", "types")
+
+    def __init__(self, field: str, types: frozenset[str], owner: Any = None) -> None:
+        self.field = field
+        self.types = types  # events of other types are not the view's: they take no part
+        self.owner = owner
+
+    def admits(self, state: ViewState, event: Mapping[str, Any]) -> bool:
+        if event["event_type"] not in self.types:
+            return True
+        who = event.get(self.field)
+        if state.is_empty():
+            self.owner = who
+            return True
+        return bool(who == self.owner)
+
+
+def owner_of(view: FeatureView) -> Owner | None:
+    """The owner rule of ``view``'s keys, if its entity has an owner."""
+    owner = view.entity.owner
+    return None if owner is None else Owner(owner.join_key, frozenset(view.event_types()))
+
+
 def sweep(
-    view: FeatureView, events: Iterable[Mapping[str, Any]], *, until: datetime | None = None
+    view: FeatureView, events: Iterable[Mapping[str, Any]], *, until: datetime | None = None,
+    collided: list[Mapping[str, Any]] | None = None,
 ) -> Iterator[tuple[datetime, dict[str, Any]]]:
     """The timeline of one key: ``(change point, values)`` in time order.
 
     ``events`` are one key's admitted events in arrival order. A row is emitted at
     each arrival of an accepted event (once per distinct arrival time) and at each
-    tile expiry, up to ``until`` (inclusive) or until every window is empty.
+    tile expiry, up to ``until`` (inclusive) or until every window is empty. For a
+    view whose entity has an owner, events of another owner while the key is held
+    (:class:`Owner`) are left out and appended to ``collided``.
     """
     state = ViewState(view)
+    owner = owner_of(view)
     pending: datetime | None = None  # arrival time whose row is not yet emitted
     for e in events:
         now = e["ingest_time"]
@@ -433,6 +469,12 @@ def sweep(
             yield _at(expiry), state.values()
             expiry = state.next_expiry_us()
         dropped = state.advance_us(now_us)
+        if owner is not None and not owner.admits(state, e):
+            if collided is not None:
+                collided.append(e)
+            if dropped:
+                pending = now
+            continue
         if state.add(e) or dropped:
             pending = now
     if pending is not None:

@@ -7,10 +7,11 @@ and dtypes come from the specs. One dataflow serves every view::
 
     source ─► validate ─► users (keyed by user_id) ─────────────────────► rows ─► sinks
                 │ invalid   admission + a ViewState per view keyed by user    ▲  changelog, Feast, memory
-                ▼           and per key the user owns (its sessions)          │
-           dead letters     │ late / duplicate / no_consent ─► drops log      │
+                ▼           │ late / duplicate / no_consent ─► drops log      │
+           dead letters     ├ admitted ids ─► ids (by id bucket) ─► id_collision records
                             └ route: admitted events ─► keys (view|key) ──────┘
-                              (views of any other entity; none in the catalogue)
+                              (sessions: every user's events of a session id    └► session_collision records
+                              meet in one state, for the owner rule)
 
 * **Sources**: a JSON-lines replay (``settings.data_path/stream.jsonl`` by default, in
   arrival order, as ``python -m pipelines.simulator --jsonl`` writes it) or a Kafka
@@ -30,11 +31,14 @@ and dtypes come from the specs. One dataflow serves every view::
   ``id_collision`` in the drops log (reported apart from the drops: it still counts).
 * **Aggregation** keeps one :class:`ViewState` per view and key. The views keyed by
   ``user_id`` live in the admission step itself (:class:`_UserLogic`: one keyed state per
-  user, no second exchange), and so do the views keyed by an entity whose every key
-  belongs to one user (``Entity.owner``: a session), one state per (view, key) inside the
-  user's: one Bytewax key per user instead of one more per session (Bytewax's per-key costs
-  are most of what grows with the number of keys). A view of any other entity gets the
-  admitted events routed to a second keyed step, ``view|key`` (:class:`_ViewLogic`). For
+  user, no second exchange). A view of any other entity (sessions) gets the admitted events
+  routed to a second keyed step, ``view|key`` (:class:`_ViewLogic`), where every user's
+  events of one key meet: a session belongs to one user (``Entity.owner``), and
+  :class:`features.state.Owner` leaves out, as ``session_collision``, the events another
+  user sends under a session id while its owner's state lives (Spark applies the same rule
+  in its session grouping). With several workers, events of one session id from two users
+  come from two workers, in an order within an epoch that Bytewax does not fix: a shared
+  session is a producer error, and its counts are exact on one worker. For
   each batch of a key's events the state emits exactly the rows :func:`features.state.sweep`
   emits: one row per distinct arrival time of an accepted event (stamped with that
   ``ingest_time``) and one row per tile expiry (stamped with the expiry).
@@ -143,7 +147,7 @@ from features.events import (
 from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, EventRules, IdCollisions, to_us
 from features.spec import FeatureView
-from features.state import ViewState
+from features.state import Owner, ViewState, owner_of
 from pipelines.builder import BuildReport, FeatureBuilder
 from pipelines.eventlog import DeadLetterStore, decode_json, encode_json
 
@@ -503,8 +507,11 @@ def _expire(name: str, key: str, state: ViewState, now: datetime | None, out: li
 
 
 def _fold(name: str, key: str, state: ViewState, now: datetime | None, events: Iterable[Event],
-          out: list[Row]) -> datetime | None:
-    """Fold one key's events (arrival order) into its state, appending sweep's rows; the key's new clock."""
+          out: list[Row], owner: Owner | None = None, collided: list[Event] | None = None) -> datetime | None:
+    """Fold one key's events (arrival order) into its state, appending sweep's rows; the key's new clock.
+
+    With ``owner`` (a view whose keys have an owner), an event of another owner while the key is held is left out
+    and appended to ``collided``, as :func:`features.state.sweep` does."""
     pending: datetime | None = None  # an arrival time whose row is not yet emitted (ties share one row)
     for e in events:
         t: datetime = e["ingest_time"]
@@ -522,7 +529,12 @@ def _fold(name: str, key: str, state: ViewState, now: datetime | None, events: I
         if nxt is not None and nxt < t_us:
             now = _expire(name, key, state, now, out, t, inclusive=False)
         dropped = state.advance_us(t_us)
-        if state.add(e) or dropped:
+        if owner is not None and not owner.admits(state, e):
+            if collided is not None:
+                collided.append(e)
+            if dropped:
+                pending = t
+        elif state.add(e) or dropped:
             pending = t
         now = t
     if pending is not None:
@@ -539,9 +551,6 @@ class _Plan:
     views: Mapping[str, FeatureView]
     rules: EventRules
     clock: StreamClock
-    # views keyed by an entity the admission key owns (a session belongs to one user), with their event types:
-    # their states live with the user's, one per (view, key)
-    nested: tuple[tuple[FeatureView, frozenset[str]], ...] = ()
 
 
 class _Drops(NamedTuple):
@@ -634,37 +643,32 @@ class _Lazy(StatefulBatchLogic):  # type: ignore[misc]
 
 
 class _UserLogic(_Lazy):
-    """One user: admission (rules 2-4, with the ids it must remember for duplicates), the ViewState of every
-    view keyed by the user and of every key the user owns (the user's sessions), in one step; admitted events of
-    views keyed otherwise are routed on."""
+    """One user: admission (rules 2-4, with the ids it must remember for duplicates) and the ViewState of every
+    view keyed by the user, in one step; admitted events of views keyed otherwise (sessions) are routed on."""
 
-    __slots__ = ("heap", "key", "nested", "nows", "plan", "seen", "states")
+    __slots__ = ("heap", "key", "nows", "plan", "seen", "states")
 
     def __init__(self, plan: _Plan, resume: bytes | _Snapshot | None) -> None:
         self._snap = None
         self.plan = plan
         n = len(plan.own)
         self.key = ""
-        self.seen: dict[str, datetime] = {}  # event_id -> event_time + allowed lateness
+        self.seen: dict[str, datetime] = {}  # event_id -> when its copies are late anyway (EventRules.forget_after)
         self.heap: list[tuple[datetime, str]] = []
         self.states: list[ViewState | None] = [None] * n
         self.nows: list[datetime | None] = [None] * n  # each view's data clock: latest time processed
-        # (index in plan.nested, key) -> [the key's data clock, its ViewState], for the keys the user owns
-        self.nested: dict[tuple[int, str], list[Any]] = {}
         if resume is not None:
             loaded = self.loads(resume)
-            if len(loaded) != 4:  # before sessions lived with their user, a separate step held them
-                raise ValueError("a recovery snapshot of the users step from an older engine (without its users' "
-                                 "sessions): the layout changed, so start from a new recovery store")
-            self.key, self.seen, saved, nested = loaded
+            if len(loaded) != 3:  # sessions lived with their user for a while; now their own step holds them
+                raise ValueError("a recovery snapshot of the users step from an older engine (with its users' "
+                                 "sessions inside): the layout changed, so start from a new recovery store")
+            self.key, self.seen, saved = loaded
             self.heap = [(t, i) for i, t in self.seen.items()]
             heapq.heapify(self.heap)
             for v, s in enumerate(saved):
                 if s is not None:
                     self.nows[v] = s[0]
                     self.states[v] = ViewState.restore(plan.own[v][0], s[1])
-            for (v, k), (now, snap) in nested.items():
-                self.nested[(v, k)] = [now, ViewState.restore(plan.nested[v][0], snap)]
 
     def on_batch(self, items: list[Positioned]) -> tuple[list[_Emitted], bool]:
         if self._snap is not None:
@@ -706,8 +710,6 @@ class _UserLogic(_Lazy):
                     self.nows[v] = _fold(view.name, self.key, state, self.nows[v], mine, rows)
                     if state.is_empty():
                         self.states[v] = self.nows[v] = None
-            if self.plan.nested:
-                self._fold_nested(admitted, rows)
             for route in self.plan.routes:
                 for e in admitted:
                     item = route(e)
@@ -717,30 +719,8 @@ class _UserLogic(_Lazy):
             out.append(rows)
         return out, self._discard()
 
-    def _fold_nested(self, admitted: list[Event], rows: list[Row]) -> None:
-        """Fold the admitted events into the states of the keys the user owns, key by key in arrival order."""
-        nested = self.nested
-        for v, (view, types) in enumerate(self.plan.nested):
-            join_key = view.entity.join_key
-            by_key: dict[str, list[Event]] = {}
-            for e in admitted:
-                if e["event_type"] in types:
-                    k = e.get(join_key)
-                    if k is not None:
-                        by_key.setdefault(str(k), []).append(e)
-            for k, events in by_key.items():
-                slot = nested.get((v, k))
-                if slot is None:
-                    slot = [None, ViewState(view)]
-                state: ViewState = slot[1]
-                slot[0] = _fold(view.name, k, state, slot[0], events, rows)
-                if state.is_empty():
-                    nested.pop((v, k), None)
-                else:
-                    nested[(v, k)] = slot
-
     def _discard(self) -> bool:
-        return not self.seen and not any(self.states) and not self.nested
+        return not self.seen and not any(self.states)
 
     def _expire_all(self, limit: datetime | None) -> list[_Emitted]:
         rows: list[Row] = []
@@ -750,13 +730,6 @@ class _UserLogic(_Lazy):
                                        inclusive=True)
                 if state.is_empty():
                     self.states[v] = self.nows[v] = None
-        if self.nested:
-            nested_views = self.plan.nested
-            for (v, k), slot in list(self.nested.items()):
-                state = slot[1]
-                slot[0] = _expire(nested_views[v][0].name, k, state, slot[0], rows, limit, inclusive=True)
-                if state.is_empty():
-                    del self.nested[(v, k)]
         return [rows] if rows else []
 
     def on_notify(self) -> tuple[list[_Emitted], bool]:
@@ -789,7 +762,6 @@ class _UserLogic(_Lazy):
         if clock.offset is None:  # not live
             return None
         times = [s.next_expiry() for s in self.states if s is not None]
-        times.extend(slot[1].next_expiry() for slot in self.nested.values())
         if self.heap:
             times.append(self.heap[0][0])
         due = min((t for t in times if t is not None), default=None)
@@ -797,15 +769,16 @@ class _UserLogic(_Lazy):
 
     def dump(self) -> bytes:
         saved = [None if s is None else (self.nows[v], s.snapshot()) for v, s in enumerate(self.states)]
-        nested = {vk: (slot[0], slot[1].snapshot()) for vk, slot in self.nested.items()}
-        return pickle.dumps((self.key, self.seen, saved, nested), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((self.key, self.seen, saved), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _ViewLogic(_Lazy):
-    """The ViewState of one ``view|key`` (views not keyed by the user), emitting sweep's rows; see the module
-    docstring for timers. Each call emits one list of rows (or nothing)."""
+    """The ViewState of one ``view|key`` (views not keyed by the user: sessions), emitting sweep's rows; see the
+    module docstring for timers. Each call emits one list of rows (or nothing), and for a view whose keys have an
+    owner (a session is one user's) the ``session_collision`` records of the events another user sent while the
+    key was held (:class:`features.state.Owner`): every user's events of a key meet here, in one state."""
 
-    __slots__ = ("clock", "key", "now", "state", "view_name", "views")
+    __slots__ = ("clock", "key", "now", "owner", "state", "view_name", "views")
 
     def __init__(self, views: Mapping[str, FeatureView], clock: StreamClock, resume: bytes | _Snapshot | None) -> None:
         self._snap = None
@@ -815,11 +788,16 @@ class _ViewLogic(_Lazy):
         self.view_name = ""
         self.key = ""
         self.now: datetime | None = None  # the key's data clock: latest time processed
+        self.owner: Owner | None = None
         if resume is not None:
-            self.view_name, self.key, self.now, snapshot = self.loads(resume)
-            self.state = ViewState.restore(views[self.view_name], snapshot)
+            self.view_name, self.key, self.now, snapshot, owner = self.loads(resume)
+            view = views[self.view_name]
+            self.state = ViewState.restore(view, snapshot)
+            self.owner = owner_of(view)
+            if self.owner is not None:
+                self.owner.owner = owner
 
-    def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[list[Row]], bool]:
+    def on_batch(self, items: list[tuple[str, Event]]) -> tuple[list[list[Row] | _Drops], bool]:
         if self._snap is not None:
             self.thaw()
         if self.state is None:
@@ -827,22 +805,31 @@ class _ViewLogic(_Lazy):
             view = self.views[self.view_name]
             self.key = str(first[view.entity.join_key])
             self.state = ViewState(view)
+            self.owner = owner_of(view)
         out: list[Row] = []
-        self.now = _fold(self.view_name, self.key, self.state, self.now, (e for _, e in items), out)
-        return ([out] if out else []), self.state.is_empty()
+        collided: list[Event] = []
+        self.now = _fold(self.view_name, self.key, self.state, self.now, (e for _, e in items), out, self.owner,
+                         collided)
+        emitted: list[list[Row] | _Drops] = [out] if out else []
+        if collided:
+            field = self.owner.field if self.owner is not None else ""
+            # one record per event (its user and id), however many views left it out: the drops log counts ids
+            emitted.append(_Drops([DropRecord(Collision.SESSION_ID.value, f"{e.get(field)}|{e['event_id']}#session",
+                                              e["event_id"], e["ingest_time"]) for e in collided]))
+        return emitted, self.state.is_empty()
 
-    def _expire(self, limit: datetime | None) -> list[list[Row]]:
+    def _expire(self, limit: datetime | None) -> list[list[Row] | _Drops]:
         assert self.state is not None
         out: list[Row] = []
         self.now = _expire(self.view_name, self.key, self.state, self.now, out, limit, inclusive=True)
         return [out] if out else []
 
-    def on_notify(self) -> tuple[list[list[Row]], bool]:
+    def on_notify(self) -> tuple[list[list[Row] | _Drops], bool]:
         self.thaw()
         out = self._expire(self.clock.due()) if self.state is not None and self.clock.is_live else []
         return out, self.state is None or self.state.is_empty()
 
-    def on_eof(self) -> tuple[list[list[Row]], bool]:
+    def on_eof(self) -> tuple[list[list[Row] | _Drops], bool]:
         self.thaw()
         out = self._expire(self.clock.until) if self.state is not None and self.clock.flush_at_eof else []
         return out, self.state is None or self.state.is_empty()
@@ -856,7 +843,9 @@ class _ViewLogic(_Lazy):
     def dump(self) -> bytes:
         state = self.state
         assert state is not None
-        return pickle.dumps((self.view_name, self.key, self.now, state.snapshot()), protocol=pickle.HIGHEST_PROTOCOL)
+        owner = None if self.owner is None else self.owner.owner
+        return pickle.dumps((self.view_name, self.key, self.now, state.snapshot(), owner),
+                            protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _IdLogic(_Lazy):
@@ -1270,12 +1259,6 @@ def _relaxed_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _owned_by_admission(view: FeatureView) -> bool:
-    """Whether every key of ``view`` belongs to one user (``Entity.owner``): its state then lives in the user's."""
-    owner = view.entity.owner
-    return owner is not None and owner.join_key == ADMISSION_KEY
-
-
 class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[misc]
     """Compile every feature view into one Bytewax dataflow.
 
@@ -1327,9 +1310,8 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
         :attr:`_rows`: one state object per user, one exchange. Returns the admitted events routed to the keys
         (``view|key``) of any other view (none in the catalogue: then the step's output itself, unused)."""
         own = tuple((v, v.event_types()) for v in self._views.values() if v.entity.join_key == ADMISSION_KEY)
-        nested = tuple((v, v.event_types()) for v in self._views.values() if _owned_by_admission(v))
         plan = _Plan(own=own, routes=tuple(self.router(v) for v in self._routed()), views=dict(self._views),
-                     rules=self.rules, clock=self.clock, nested=nested)
+                     rules=self.rules, clock=self.clock)
         decided = op.stateful_batch("users", events, lambda resume: _UserLogic(plan, resume))
         # one reader splits the step's output by type (each more reader of a stream gets a copy of every item)
         rows = op.branch("user_rows", decided, lambda kv: type(kv[1]) is list)
@@ -1354,7 +1336,7 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
 
     def _routed(self) -> list[FeatureView]:
         """The views whose keys need a keyed step of their own: neither the user's nor owned by the user."""
-        return [v for v in self._views.values() if v.entity.join_key != ADMISSION_KEY and not _owned_by_admission(v)]
+        return [v for v in self._views.values() if v.entity.join_key != ADMISSION_KEY]
 
     @staticmethod
     def router(view: FeatureView) -> Callable[[Event], tuple[str, tuple[str, Event]] | None]:
@@ -1413,7 +1395,10 @@ class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[mis
             self.key_by_entity(v, stream)
         routed = self.admit(self.validate(stream, report), report)
         if self._routed():
-            self._rows.append(self.aggregate(views[0], routed))
+            keyed = op.branch("key_rows", self.aggregate(views[0], routed), lambda kv: type(kv[1]) is list)
+            self._rows.append(keyed.trues)
+            self._drops.append(op.flat_map_batch("key_collisions", keyed.falses, lambda xs: [
+                (k, _encode_drops(d.records)) for k, d in xs]))
         rows = self._rows[0] if len(self._rows) == 1 else op.merge("rows", *self._rows)
         self.write(views[0], rows)
         drops = op.merge("drops", *self._drops)

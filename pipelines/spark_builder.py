@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
+from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
@@ -175,6 +176,17 @@ def resolve_features(registry: Registry, features: spec.FeatureService | Sequenc
     return fvs, odvs, names
 
 
+class _SetParam(AccumulatorParam[set[str]]):  # type: ignore[misc]
+    """A Spark accumulator of a set: executors add the ids they saw, the driver reads their union."""
+
+    def zero(self, value: set[str]) -> set[str]:
+        return set()
+
+    def addInPlace(self, value1: set[str], value2: set[str]) -> set[str]:
+        value1 |= value2
+        return value1
+
+
 def _observed(observation: Observation) -> dict[str, Any]:
     """The observation's metrics; ``{}`` when the plan ran no task at all, so nothing was written.
 
@@ -220,6 +232,8 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
         self.end: datetime | None = None
         self.dead_letters: dict[str, int] = {}
         self._persisted: list[DataFrame] = []
+        # the events the owner rule left out of a view (features.state.Owner), gathered from the executors
+        self._session_collisions: Accumulator[set[str]] = self.spark.sparkContext.accumulator(set(), _SetParam())
 
     # -- inputs --------------------------------------------------------------------------------
     def context(self) -> timedelta:
@@ -359,7 +373,10 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
     def key_by_entity(self, view: spec.FeatureView, events: DataFrame) -> DataFrame:
         """The view's events with a key, hashed by key and in arrival order within each key."""
         key = view.entity.join_key
-        keyed = events.where(F.col(key).isNotNull()).select(*sorted(view.event_fields()))
+        fields = set(view.event_fields())
+        if view.entity.owner is not None:  # the owner rule reads whose event it is (features.state.Owner)
+            fields.add(view.entity.owner.join_key)
+        keyed = events.where(F.col(key).isNotNull()).select(*sorted(fields))
         # Pruning only: an event of a type no aggregation reads changes no state and is no change point
         # (the spec's own event-type filters; the state machine still applies them, and `where`, itself).
         types = view.event_types()
@@ -381,12 +398,21 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
         start, end = self.start, self.end
         until = end - timedelta(microseconds=1) if end is not None else None
         arrow_schema = offline_arrow_schema(view)
+        owned = view.entity.owner is not None
+        # the owner rule's collisions (features.state.Owner), by this interval's events: (owner, event_id) each
+        collisions = self._session_collisions
+        owner_field = view.entity.owner.join_key if view.entity.owner is not None else ""
 
         def rows_of(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             k = events[0][key]
-            for t, values in sweep(view, events, until=until):
+            collided: list[Any] = []
+            for t, values in sweep(view, events, until=until, collided=collided if owned else None):
                 if start is None or t >= start:
                     yield {key: k, EVENT_TIMESTAMP: t, CREATED_TIMESTAMP: t, **values}
+            mine = {f"{e[owner_field]}|{e['event_id']}" for e in collided
+                    if (start is None or e["event_time"] >= start) and (end is None or e["event_time"] < end)}
+            if mine:
+                collisions.add(mine)
 
         def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             current: list[dict[str, Any]] = []
@@ -453,12 +479,15 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
             raise ValueError(f"empty interval [{start}, {end})")
         self.start, self.end = start, end
         t0 = time.perf_counter()
+        self._session_collisions = self.spark.sparkContext.accumulator(set(), _SetParam())
         try:
             report = self.build(self.read_events(events_path, start, end), views)
         finally:
             for df in self._persisted:
                 df.unpersist()
             self._persisted.clear()
+        # an event left out of several views of an owned entity is one collision
+        report.collisions[Collision.SESSION_ID.value] = len(self._session_collisions.value)
         report.seconds = time.perf_counter() - t0
         return report
 

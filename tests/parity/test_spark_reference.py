@@ -131,11 +131,13 @@ def test_the_independent_oracles_minimal_logs(tmp_path: Path, spark: SparkSessio
     reference's (ids are unique per user: an id under a second user counts there and is an ``id_collision``)."""
     b = Built(tmp_path, spark, minimal_logs()[name])
     ref = b.ref
-    assert b.report.collisions == {c.value: ref.collisions.get(c, 0) for c in Collision if c is Collision.EVENT_ID}
+    assert b.report.collisions == {c.value: ref.collisions.get(c, 0) for c in Collision}
     assert {k: v for k, v in b.report.dropped.items() if k != "invalid"} == {d.value: ref.drops.get(d, 0)
                                                                               for d in Drop}
     if name == "id_under_two_users":
         assert b.report.collisions["id_collision"] == 1
+    if name == "session_of_two_users":  # b's two events under a's live session; b's reuse two days later is b's
+        assert b.report.collisions["session_collision"] == 2
     for view in REGISTRY.views:
         key = view.entity.join_key
         rows = offline_rows(b.builder, view)

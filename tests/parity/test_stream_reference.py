@@ -10,7 +10,6 @@ change point; its drops log must count what the reference drops.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import socket
@@ -175,9 +174,13 @@ def test_the_independent_oracles_minimal_logs(tmp_settings: Settings, name: str)
         assert max(logins.values()) == 1
         seen = {r.values["user_last_login_at_30d"] for r in memory if r.view == "user_account"} - {None}
         assert seen == {events[0]["event_time"]}
-    else:  # ids are unique per user: b's login counts, and is reported as a collision
+    elif name == "id_under_two_users":  # ids are unique per user: b's login counts, and is reported as a collision
         assert report.collisions["id_collision"] == 1
         assert logins and max(logins.values()) == 1
+    else:  # b's two events under a's live session are left out of it; two days later b owns s1
+        assert report.collisions == {"id_collision": 0, "session_collision": 2}
+        carts = [r.values["session_cart_adds_5m"] for r in memory if r.view == "session_activity"]
+        assert max(carts) == 1
 
 
 def test_bigger_log_on_two_workers_with_tiny_batches(tmp_settings: Settings) -> None:
@@ -223,30 +226,29 @@ def test_bytewax_run_cli_on_two_workers_replays_the_file(tmp_settings: Settings,
 
 
 # ------------------------------------------------------------------------------------------- edges
-def test_sessions_kept_with_their_user_or_routed_to_a_step_of_their_own_give_the_same_rows(tmp_path: Path) -> None:
-    """A session belongs to one user (``Entity.owner``), so the stream keeps its state in the user's. A view of an
-    entity without an owner goes through the routed path (a second keyed step): the same session view declared
-    that way gives exactly the same rows and drops, on one worker and on two."""
+def test_sessions_have_a_keyed_step_of_their_own_and_give_the_same_rows_on_one_worker_and_two(
+        tmp_path: Path) -> None:
+    """Every user's events of a session id meet in one state (the owner rule needs them together), in a second
+    keyed step: one worker and two give exactly the same rows, drops and collisions. (Events of one session from
+    two users come from two users' workers, whose order within an epoch Bytewax does not fix: the shared-session
+    log is held to the rules on one worker, in the minimal-logs test.)"""
     events = adversarial_log(2, users=4, events=600)
-    session = REGISTRY.view("session_activity")
-    unowned = dataclasses.replace(session, entity=dataclasses.replace(session.entity, owner=None))
     results = []
-    for name, views, workers in (("nested", list(REGISTRY.views), 1),
-                                 ("routed", [unowned if v.name == session.name else v for v in REGISTRY.views], 2)):
-        settings = settings_in(tmp_path / name)
+    for workers in (1, 2):
+        settings = settings_in(tmp_path / f"w{workers}")
         memory: list[FeatureRow] = []
         builder = BytewaxFeatureBuilder(settings, outputs=StreamOutputs.from_settings(settings, memory=memory))
-        flow = builder.dataflow(TestingSource(replay_items(events), batch_size=40), views)
+        flow = builder.dataflow(TestingSource(replay_items(events), batch_size=40))
         if workers == 1:
             run_main(flow)
         else:
             cluster_main(flow, [], 0, worker_count_per_proc=workers)
-        steps = {step.step_name for step in flow.substeps}
-        assert ("keys" in steps) == (name == "routed"), steps  # the second keyed step only where a view needs it
+        assert "keys" in {step.step_name for step in flow.substeps}
         results.append((sorted(memory), read_drops(builder.outputs.drops_dir)))
-    (nested_rows, nested_drops), (routed_rows, routed_drops) = results
-    assert any(r.view == session.name for r in nested_rows)
-    assert nested_rows == routed_rows and nested_drops == routed_drops
+    (one, one_drops), (two, two_drops) = results
+    assert any(r.view == "session_activity" for r in one)
+    assert one == two and one_drops == two_drops
+    assert_matches_reference(one, events, oracle=False)
 
 
 def test_invalid_events_go_to_dead_letters_and_are_counted(tmp_settings: Settings) -> None:
@@ -345,24 +347,19 @@ def test_view_state_snapshot_round_trips_and_continues_identically() -> None:
     assert c.state is not None and c.state.values() == at_head and c.now == head[-1]["ingest_time"]
 
 
-def test_user_snapshot_round_trips_with_the_users_sessions_and_continues_identically() -> None:
-    """Sessions live in their user's state (``Entity.owner``): the user's snapshot carries them, and a restored
-    user goes on emitting the rows of its sessions exactly as the original does."""
-    own = tuple((v, v.event_types()) for v in REGISTRY.views if v.entity.join_key == "user_id")
-    nested = tuple((v, v.event_types()) for v in REGISTRY.views if v.entity.join_key == "session_id")
-    plan = _Plan(own=own, routes=(), views={v.name: v for v in REGISTRY.views}, rules=RULES, clock=StreamClock(),
-                 nested=nested)
-    events = [("p", e) for e in in_arrival_order(adversarial_log(7)) if e["user_id"] == "u1"]
-    head, tail = events[: len(events) // 2], events[len(events) // 2:]
-    a = _UserLogic(plan, None)
-    first = rows_of(a.on_batch(head)[0])
-    assert {r.view for r in first} >= {"session_activity", "user_commerce"} and a.nested
-    b = _UserLogic(plan, pickle.loads(pickle.dumps(a.snapshot())))
-    assert {k: s[1].values() for k, s in b.nested.items()} == {k: s[1].values() for k, s in a.nested.items()}
-    rest_a = rows_of(a.on_batch(tail)[0] + a.on_eof()[0])
-    rest_b = rows_of(b.on_batch(tail)[0] + b.on_eof()[0])
-    assert any(r.view == "session_activity" for r in rest_a) and rest_a == rest_b
-    assert not a.nested, "at EOF every window of every session ran empty: nothing is kept"
+def test_a_session_snapshot_keeps_its_owner_and_continues_identically() -> None:
+    """A session's state is restored with its owner: after a resume, the other user's events are still
+    collisions, and the rows and collision records are those of the original."""
+    views = {v.name: v for v in REGISTRY.views}
+    view = REGISTRY.view("session_activity")
+    events = [(view.name, e) for e in in_arrival_order(minimal_logs()["session_of_two_users"])[:5]]
+    head, tail = events[:2], events[2:]
+    a = _ViewLogic(views, StreamClock(), None)
+    assert rows_of(a.on_batch(head)[0])
+    b = _ViewLogic(views, StreamClock(), pickle.loads(pickle.dumps(a.snapshot())))
+    rest_a, rest_b = a.on_batch(tail)[0] + a.on_eof()[0], b.on_batch(tail)[0] + b.on_eof()[0]
+    assert rest_a == rest_b
+    assert [d.reason for d in drops_of(rest_b)] == ["session_collision", "session_collision"]
 
 
 def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None:

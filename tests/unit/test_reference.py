@@ -224,14 +224,15 @@ def test_a_retry_of_a_clamped_event_is_a_duplicate_until_the_id_retention() -> N
 
 
 def test_an_id_under_two_users_counts_for_both_and_is_a_collision_within_the_retention() -> None:
-    a = make_event("login", user_id="a", event_id="X", event_time=T0)
-    b = make_event("login", user_id="b", event_id="X", event_time=T0 + minutes(5))
+    a = make_event("login", user_id="a", session_id="sa", event_id="X", event_time=T0)
+    b = make_event("login", user_id="b", session_id="sb", event_id="X", event_time=T0 + minutes(5))
     r = ref(a, b)
     assert r.drops == {} and r.collisions == {Collision.EVENT_ID: 1}
     assert r.features(USER_ACCOUNT, "b", T0 + minutes(10))["user_logins_7d"] == 1
-    later = make_event("login", user_id="c", event_id="X", event_time=T0 + timedelta(hours=2))
+    later = make_event("login", user_id="c", session_id="sc", event_id="X", event_time=T0 + timedelta(hours=2))
     assert ref(a, later).collisions == {}, "past the first copy's retention the id is free again"
-    same_user = make_event("login", user_id="a", event_id="X", event_time=T0, ingest_delay=minutes(2))
+    same_user = make_event("login", user_id="a", session_id="sa", event_id="X", event_time=T0,
+                           ingest_delay=minutes(2))
     assert ref(a, same_user, b).collisions == {Collision.EVENT_ID: 1}
     assert ref(a, same_user, b).drops == {Drop.DUPLICATE: 1}
 
@@ -242,3 +243,20 @@ def test_a_non_consented_first_copy_does_not_stand_in_for_a_consented_retry() ->
     r = ref(refused, retry)
     assert r.drops == {Drop.NO_CONSENT: 1}
     assert spend(r, T0 + minutes(5)) == retry["amount"]
+
+
+def test_a_session_id_of_two_users_belongs_to_the_first_while_its_state_lives() -> None:
+    """b's events under a's live session are collisions: not in the session's features, still in b's own."""
+    a1 = make_event("add_to_cart", user_id="a", session_id="s1", event_time=T0)
+    b1 = make_event("add_to_cart", user_id="b", session_id="s1", event_time=T0 + minutes(3))
+    a2 = make_event("page_view", user_id="a", session_id="s1", event_time=T0 + minutes(4))
+    r = ref(a1, b1, a2)
+    assert r.collisions == {Collision.SESSION_ID: 1}
+    assert r.entity_events(SESSION_ACTIVITY, "s1") == [a1, a2]
+    assert r.features(USER_COMMERCE, "b", T0 + minutes(5))["user_cart_adds_30d"] == 1
+    # once every tile of a's session has expired, the id is free: b owns it, no collision
+    expiry = max(tile_expiry(floor_time(a1["event_time"], a.window.hop), a.window)
+                 for a in SESSION_ACTIVITY.aggregations if a.accepts(a1))
+    free = make_event("add_to_cart", user_id="b", session_id="s1", event_time=expiry + minutes(1))
+    r = ref(a1, free)
+    assert r.collisions == {} and r.entity_events(SESSION_ACTIVITY, "s1") == [a1, free]
