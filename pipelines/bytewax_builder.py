@@ -145,7 +145,7 @@ from features.events import (
     validate_event,
 )
 from features.registry import REGISTRY, Registry
-from features.semantics import Collision, Drop, EventRules, IdCollisions, to_us
+from features.semantics import Collision, Drop, EventRules, IdCollisions, arrival_order_key, to_us
 from features.spec import FeatureView
 from features.state import Owner, ViewState, owner_of
 from pipelines.builder import BuildReport, FeatureBuilder
@@ -808,8 +808,12 @@ class _ViewLogic(_Lazy):
             self.owner = owner_of(view)
         out: list[Row] = []
         collided: list[Event] = []
-        self.now = _fold(self.view_name, self.key, self.state, self.now, (e for _, e in items), out, self.owner,
-                         collided)
+        events = [e for _, e in items]
+        if len(events) > 1:
+            # the users step emits a batch's events user by user: one key's events from two users (a shared
+            # session) come grouped by user, and the owner rule must see them in arrival order, as sweep does
+            events.sort(key=arrival_order_key)
+        self.now = _fold(self.view_name, self.key, self.state, self.now, events, out, self.owner, collided)
         emitted: list[list[Row] | _Drops] = [out] if out else []
         if collided:
             field = self.owner.field if self.owner is not None else ""

@@ -28,7 +28,9 @@ A change point at ``t >= start`` depends on events with
 reaches back ``length + hop`` from ``t``, and an event arriving at ``t`` after its
 tile expired is still a (value-preserving) change point, which an event can do up
 to the allowed lateness after its event time. So an interval reads the event-log
-days from ``start - context()`` up to ``end``, sweeps each key over that context,
+days from ``start - context()`` up to ``end`` (and the first ``MAX_CLOCK_SKEW`` of
+the day of ``end``: an event stamped after ``end`` by a clock ahead of ours, that
+arrived before it, is clamped into this interval), sweeps each key over that context,
 drops events arriving at or after ``end``, runs tile-expiry timers up to ``end``
 minus one microsecond and keeps only the rows in ``[start, end)``. Events are
 counted (drop reasons, dead letters) by the interval that owns their
@@ -52,7 +54,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
 from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.errors import AnalysisException
@@ -62,7 +63,7 @@ from pyspark.sql import types as T
 
 from conf.settings import Settings, load_settings
 from features import spec
-from features.events import ALL_FIELDS, MAX_CLOCK_SKEW, REQUIRED_COMMON
+from features.events import ALL_FIELDS, MAX_CLOCK_SKEW, REQUIRED_COMMON, EventType
 from features.registry import REGISTRY, Registry
 from features.semantics import EPOCH, Collision, Drop, IdCollisions
 from features.state import sweep
@@ -190,17 +191,18 @@ class _SetParam(AccumulatorParam[set[str]]):  # type: ignore[misc]
 def _observed(observation: Observation) -> dict[str, Any]:
     """The observation's metrics; ``{}`` when the plan ran no task at all, so nothing was written.
 
-    PySpark 4.0 fails ``Observation.get`` with an assertion in ``PythonSQLUtils.toPyRow`` when no task reported
-    the metrics: an interval in which a view has no change point (a quiet hour, a day after every window emptied,
-    a log without commerce events) plans an empty scan of zero partitions. No task means no rows either, so no
-    metrics is exactly 0 rows and no days. ``tests/parity/test_spark_reference.py`` pins both cases.
+    When no task reported the metrics, the JVM's metrics row is the empty ``Row`` (no fields, no schema), and
+    PySpark (4.0 to 4.3) fails ``Observation.get`` on it with an assertion in ``PythonSQLUtils.toPyRow``: an
+    interval in which a view has no change point (a quiet hour, a day after every window emptied, a log without
+    commerce events) plans an empty scan of zero partitions. No task means no rows either, so no metrics is
+    exactly 0 rows and no days. The row is read first (it waits for the action, as ``get`` does) and only an
+    empty one is taken as "nothing": any other failure still raises. ``tests/parity/test_spark_reference.py``
+    and ``tests/integration/test_spark_empty_intervals.py`` pin the cases.
     """
-    try:
-        return dict(observation.get)
-    except Py4JJavaError as e:
-        if "toPyRow" not in str(e):
-            raise
+    jrow = observation._jo.getRow() if observation._jo is not None else None
+    if jrow is not None and jrow.length() == 0:
         return {}
+    return dict(observation.get)
 
 
 def _midnight_check(bound: datetime | None) -> None:
@@ -247,8 +249,12 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
         df = self.spark.read.schema(schema).parquet(str(path or self.settings.events_path))
         if start is not None:
             df = df.where(F.col(PARTITION) >= (start - self.context()).date().isoformat())
-        if end is not None:  # event_time <= ingest_time < end, so the day of `end` holds nothing we need
-            df = df.where(F.col(PARTITION) < end.date().isoformat())
+        if end is not None:
+            # a partition is the day of the raw event_time, which validation clamps to ingest_time < end when at
+            # most MAX_CLOCK_SKEW ahead: the day of `end` holds such rows in its first MAX_CLOCK_SKEW, none later
+            last = end.date().isoformat()
+            df = df.where((F.col(PARTITION) < last) | ((F.col(PARTITION) == last)
+                                                       & (F.col("event_time") < F.lit(end + MAX_CLOCK_SKEW))))
         return df
 
     def _owned_time(self, t: Column) -> Column:
@@ -283,17 +289,31 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
     def validate(self, source: DataFrame, report: BuildReport) -> DataFrame:
         """Schema check, then rows missing a required id or time go to the dead-letter table.
 
-        The dead-letter table (``dead_letter_path/spark_events``, parquet with a
+        So does a row of an unknown ``event_type``, and one whose ``event_time`` is more than
+        :data:`features.events.MAX_CLOCK_SKEW` after its ``ingest_time``; within the skew, ``event_time`` is
+        clamped to ``ingest_time``: the rule of :func:`features.events.validate_event`, in integer microseconds.
+        The property checks of ``validate_event`` (per-type required and foreign properties, ranges, lengths)
+        are not repeated here. The dead-letter table (``dead_letter_path/spark_events``, parquet with a
         ``_problem`` column) is partitioned like the event log and replaced per
         interval, so reruns do not repeat its rows.
         """
         self.check_schema(source)
-        checks: list[tuple[str, Column, str]] = [(n, F.col(n).isNull(), "is null") for n in REQUIRED_COMMON]
+        # (field, condition, problem as counted in dead_letters, the row's own _problem text)
+        checks: list[tuple[str, Column, str, Column]] = [(n, F.col(n).isNull(), "is null", F.lit(f"{n} is null"))
+                                                         for n in REQUIRED_COMMON]
+        checks.append(("event_type", ~F.col("event_type").isin(sorted(t.value for t in EventType)),
+                       "is not an event type",
+                       F.concat(F.lit("event_type '"), F.col("event_type"), F.lit("' is not an event type"))))
         skew_us = MAX_CLOCK_SKEW // timedelta(microseconds=1)  # the event model's rule: beyond it, rejected
+        skew_s = skew_us // 1_000_000
         ahead_us = F.unix_micros(F.col("event_time")) - F.unix_micros(F.col("ingest_time"))
+        # a row reads as validate_event's error: its seconds ahead, rounded half-even as Python's :.0f rounds
+        ahead_s = F.bround(ahead_us.cast(T.DecimalType(20, 0)) / F.lit(1_000_000), 0).cast(T.LongType())
         checks.append(("event_time", ahead_us > F.lit(skew_us),
-                       f"is more than {skew_us // 1_000_000}s after ingest_time (max clock skew)"))
-        problem = F.concat_ws("; ", *(F.when(c, F.lit(f"{n} {msg}")) for n, c, msg in checks))
+                       f"is more than {skew_s}s after ingest_time (max clock skew)",
+                       F.concat(F.lit("event_time is "), ahead_s.cast(T.StringType()),
+                                F.lit(f"s after ingest_time (max clock skew {skew_s}s)"))))
+        problem = F.concat_ws("; ", *(F.when(c, text) for _, c, _, text in checks))
         from_time = F.date_format("event_time", "yyyy-MM-dd")
         day = F.coalesce(F.col(PARTITION), from_time) if PARTITION in source.columns else from_time
         owned = self._owned_day(F.col(PARTITION))  # a row without any day is "unknown": kept by full runs only
@@ -303,7 +323,7 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
         flagged = source.withColumn("_problem", F.when(problem != "", problem)).withColumn(PARTITION, day)
         counts = flagged.where(owned).agg(
             F.count(F.col("_problem")).alias(INVALID),
-            *(F.sum(F.when(c, 1).otherwise(0)).alias(f"{n} {msg}") for n, c, msg in checks)).first()
+            *(F.sum(F.when(c, 1).otherwise(0)).alias(f"{n} {msg}") for n, c, msg, _ in checks)).first()
         assert counts is not None
         self.dead_letters = {k: int(v or 0) for k, v in counts.asDict().items() if k != INVALID and v}
         report.dropped[INVALID] = int(counts[INVALID] or 0)
@@ -399,7 +419,9 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
         until = end - timedelta(microseconds=1) if end is not None else None
         arrow_schema = offline_arrow_schema(view)
         owned = view.entity.owner is not None
-        # the owner rule's collisions (features.state.Owner), by this interval's events: (owner, event_id) each
+        # the owner rule's collisions (features.state.Owner) as (owner, event_id), counted by the interval their
+        # arrival falls in: the owner rule decides at arrival, and only the run whose keys hold the arrival
+        # (ingest_time < end) sees it, so by event_time one arriving after its interval's end would be in no count
         collisions = self._session_collisions
         owner_field = view.entity.owner.join_key if view.entity.owner is not None else ""
 
@@ -409,8 +431,7 @@ class SparkFeatureBuilder(FeatureBuilder[DataFrame, DataFrame]):
             for t, values in sweep(view, events, until=until, collided=collided if owned else None):
                 if start is None or t >= start:
                     yield {key: k, EVENT_TIMESTAMP: t, CREATED_TIMESTAMP: t, **values}
-            mine = {f"{e[owner_field]}|{e['event_id']}" for e in collided
-                    if (start is None or e["event_time"] >= start) and (end is None or e["event_time"] < end)}
+            mine = {f"{e[owner_field]}|{e['event_id']}" for e in collided if start is None or e["ingest_time"] >= start}
             if mine:
                 collisions.add(mine)
 

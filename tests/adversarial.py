@@ -107,7 +107,8 @@ def minimal_logs() -> dict[str, list[dict[str, Any]]]:
 
 def session_of_two_users(at: datetime) -> list[dict[str, Any]]:
     """Users a and b both send events with session ``s1`` minutes apart (b's are collisions while a's session
-    lives); two days later, after every tile of it has expired, b reuses ``s1`` and owns it: no collision."""
+    lives); two days later, after every tile of it has expired, b reuses ``s1`` and owns it: no collision, and
+    a's event in ``s1`` a minute after b's is now the collision (3 in all)."""
     out = [make_event(EventType.PAGE_VIEW, user_id="a", session_id="s1", event_time=at),
            make_event(EventType.ADD_TO_CART, user_id="a", session_id="s1", event_time=at + timedelta(minutes=1)),
            make_event(EventType.ADD_TO_CART, user_id="b", session_id="s1", event_time=at + timedelta(minutes=3)),
@@ -115,5 +116,6 @@ def session_of_two_users(at: datetime) -> list[dict[str, Any]]:
            make_event(EventType.CHECKOUT_START, user_id="a", session_id="s1", event_time=at + timedelta(minutes=6))]
     later = at + timedelta(days=2)
     out += [make_event(EventType.PAGE_VIEW, user_id="b", session_id="s1", event_time=later),
+            make_event(EventType.PAGE_VIEW, user_id="a", session_id="s1", event_time=later + timedelta(minutes=1)),
             make_event(EventType.ADD_TO_CART, user_id="b", session_id="s1", event_time=later + timedelta(minutes=2))]
     return out

@@ -19,6 +19,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from conf.settings import Settings, load_settings
+from features.events import EventType
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import Collision, Drop, EventRules, tile_expiry, tile_start
@@ -34,6 +35,7 @@ from pipelines.spark_builder import (
     to_pandas,
 )
 from tests.adversarial import START, adversarial_log, minimal_logs
+from tests.builders import make_event
 from tests.compare import same
 
 LATENESS = timedelta(hours=1)
@@ -136,8 +138,8 @@ def test_the_independent_oracles_minimal_logs(tmp_path: Path, spark: SparkSessio
                                                                               for d in Drop}
     if name == "id_under_two_users":
         assert b.report.collisions["id_collision"] == 1
-    if name == "session_of_two_users":  # b's two events under a's live session; b's reuse two days later is b's
-        assert b.report.collisions["session_collision"] == 2
+    if name == "session_of_two_users":  # b's two events under a's live session; two days later b owns it, so a's
+        assert b.report.collisions["session_collision"] == 3  # event then is the collision
     for view in REGISTRY.views:
         key = view.entity.join_key
         rows = offline_rows(b.builder, view)
@@ -255,6 +257,24 @@ def test_intervals_add_up_to_one_full_run_and_reruns_are_idempotent(built: Calla
     assert not stale[1].exists()
     (stale[2] / "part-stale.parquet").unlink()
     assert table_rows(inc, view) == before
+
+
+def test_session_collisions_of_intervals_add_up_to_one_full_run(tmp_path: Path, spark: SparkSession) -> None:
+    """A collision is counted by the interval its arrival falls in: b's add-to-cart in a's live ``s1``, stamped
+    before midnight and arriving after it, is counted once (by the second day), not lost between the two."""
+    events = [make_event(EventType.PAGE_VIEW, user_id="a", session_id="s1", event_time=DAY2 - timedelta(minutes=5)),
+              make_event(EventType.ADD_TO_CART, user_id="b", session_id="s1", event_time=DAY2 - timedelta(seconds=30),
+                         ingest_delay=timedelta(minutes=1))]
+    full = Built(tmp_path / "full", spark, events)
+    assert full.ref.collisions == {Collision.SESSION_ID: 1}
+    assert full.report.collisions[Collision.SESSION_ID.value] == 1
+    settings = settings_for(tmp_path / "inc")
+    write_parquet(records_to_table(events), settings.events_path)
+    inc = SparkFeatureBuilder(settings, spark=spark)
+    reports = [inc.backfill(start=a, end=z) for a, z in ((DAY1, DAY2), (DAY2, AFTER_ALL))]
+    assert [r.collisions[Collision.SESSION_ID.value] for r in reports] == [0, 1]
+    for view in REGISTRY.views:
+        assert table_rows(inc, view) == table_rows(full.builder, view), view.name
 
 
 def test_an_interval_without_change_points_succeeds_writes_nothing_and_clears_its_days(

@@ -177,10 +177,23 @@ def test_the_independent_oracles_minimal_logs(tmp_settings: Settings, name: str)
     elif name == "id_under_two_users":  # ids are unique per user: b's login counts, and is reported as a collision
         assert report.collisions["id_collision"] == 1
         assert logins and max(logins.values()) == 1
-    else:  # b's two events under a's live session are left out of it; two days later b owns s1
-        assert report.collisions == {"id_collision": 0, "session_collision": 2}
+    else:  # b's two events under a's live session are left out of it; two days later b owns s1, and a's is out
+        assert report.collisions == {"id_collision": 0, "session_collision": 3}
         carts = [r.values["session_cart_adds_5m"] for r in memory if r.view == "session_activity"]
         assert max(carts) == 1
+
+
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_a_shared_session_is_decided_in_arrival_order_whatever_the_batches(tmp_settings: Settings,
+                                                                            batch_size: int) -> None:
+    """The users step emits a batch's events user by user, so one session's events from two users reach the
+    session's state grouped by user: its step folds them in arrival order, and the owner rule (with the handover
+    two days later, when b owns ``s1`` and a's event is the collision) gives the reference's rows on one worker."""
+    events = minimal_logs()["session_of_two_users"]
+    builder, memory = run_flow(tmp_settings, replay_items(events), batch_size=batch_size)
+    assert_matches_reference(memory, events)
+    assert_drops_match(read_drops(builder.outputs.drops_dir), events)
+    assert builder.report().collisions["session_collision"] == 3
 
 
 def test_bigger_log_on_two_workers_with_tiny_batches(tmp_settings: Settings) -> None:
