@@ -36,10 +36,10 @@ PARITY_DAYS ?= 6
 
 parity: install ## Parity tests, then a per-feature report: reference vs Spark vs Bytewax vs Feast (PARITY_USERS, PARITY_DAYS)
 	$(RUN) pytest -q tests/parity
-	$(RUN) python -m pipelines.parity --users $(PARITY_USERS) --days $(PARITY_DAYS)
+	$(RUN) python -m validation.parity --users $(PARITY_USERS) --days $(PARITY_DAYS)
 
 demo: install ## The main job end to end on the embedded defaults (SQLite, local parquet)
-	$(RUN) python -m pipelines.demo
+	$(RUN) python -m kairos.demo
 
 BENCH_EVENTS ?= 10000000
 BENCH_ROWS ?= 1000000
@@ -56,16 +56,16 @@ bench-stream: install ## Bytewax throughput (1k/100k/1M active users, 1 and 2 wo
 	$(RUN) python -m bench.bench_stream --big-users 1000000
 
 feast-apply: install ## Generate the Feast repo from the specs and run `feast apply`
-	$(RUN) python -m pipelines.feast_repo apply
+	$(RUN) python -m pipelines.store.feast_repo apply
 
 backfill: install ## Spark: build every offline table from var/data/events (START=YYYY-MM-DD END=YYYY-MM-DD optional)
-	$(RUN) python -m pipelines.spark_builder backfill $${START:+--start $$START} $${END:+--end $$END}
+	$(RUN) python -m pipelines.spark.backfill backfill $${START:+--start $$START} $${END:+--end $$END}
 
 simulate: install ## Simulate an event log into var/data/events (USERS=2000 DAYS=14)
-	$(RUN) python -m pipelines.simulator --users $${USERS:-2000} --days $${DAYS:-14} --out var/data
+	$(RUN) python -m pipelines.ingest.simulator --users $${USERS:-2000} --days $${DAYS:-14} --out var/data
 
 import-example: install ## Import the sample retailer export into var/data/imported
-	$(RUN) python -m pipelines.importer --config conf/importers/retail_transactions.yaml \
+	$(RUN) python -m pipelines.ingest.importer --config conf/importers/retail_transactions.yaml \
 		--input tests/golden/retail_transactions.csv --out var/data/imported
 
 clean: ## Remove generated data (var/) and caches

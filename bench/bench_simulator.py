@@ -5,13 +5,13 @@
 1. A pilot of the first blocks of users measures events per user-day, which sets
    the number of users for ``--events`` (the pilot's users are the run's first
    users, so it is a sample of the run itself).
-2. The run: :func:`pipelines.simulator.simulate_to_dir` (simulation and
+2. The run: :func:`pipelines.ingest.simulator.simulate_to_dir` (simulation and
    day-partitioned parquet), wall time and peak RSS of the process tree.
 3. Generation only: the first blocks again, in this process, without writing
    (what the simulation costs before any I/O).
 4. The floor: the same events, read back one day partition at a time into a
    pre-built Arrow table (not timed) and written again with
-   ``pipelines.eventlog.write_parquet`` using all cores (timed). The simulator
+   ``pipelines.ingest.eventlog.write_parquet`` using all cores (timed). The simulator
    cannot beat it; on a shared, noisy machine, the ratio to the floor is the figure
    to compare between runs. A day at a time keeps memory near one day of events.
 
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PeakRss, write_result
-from pipelines.eventlog import read_parquet, write_parquet
-from pipelines.simulator import SimulationConfig, simulate_blocks, simulate_to_dir
+from pipelines.ingest.eventlog import read_parquet, write_parquet
+from pipelines.ingest.simulator import SimulationConfig, simulate_blocks, simulate_to_dir
 
 TARGET_ROWS_PER_SECOND = 150_000
 

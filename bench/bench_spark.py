@@ -1,7 +1,7 @@
 """The Spark offline engine at scale: feature build rate, and training sets against Feast's offline store.
 
-Simulates an event log (``pipelines.simulator``), builds every feature view with
-:class:`pipelines.spark_builder.SparkFeatureBuilder`, then builds one training set
+Simulates an event log (``pipelines.ingest.simulator``), builds every feature view with
+:class:`pipelines.spark.backfill.SparkBackfill`, then builds one training set
 (``purchase_propensity_v1``: three views and two on-demand views) twice on the same
 entity rows: with the engine's Spark as-of join, and with Feast's
 ``get_historical_features`` on its configured (default: file/dask) offline store
@@ -31,9 +31,12 @@ import pyarrow.dataset as ds
 from bench.common import PeakRss, write_result
 from conf.settings import Settings, load_settings
 from features.registry import REGISTRY
-from pipelines import feast_repo
-from pipelines.simulator import SimulationConfig, simulate_to_dir
-from pipelines.spark_builder import SparkFeatureBuilder, feast_training_set, to_pandas
+from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
+from pipelines.spark.backfill import SparkBackfill
+from pipelines.spark.retrieval import SparkRetrieval
+from pipelines.spark.schema import to_pandas
+from pipelines.store.repo import apply_repo, feature_store
+from pipelines.store.retrieval import FeastRetrieval
 
 EVENTS_PER_USER_DAY = 8.74  # mean of the default simulator settings (bench/bench_simulator.py)
 SERVICE = "purchase_propensity_v1"
@@ -77,8 +80,8 @@ def bench_settings(work: Path) -> Settings:
 def _feast_child(work: str, entity_path: str, out_path: str) -> None:
     """Feast's training set in a child process (so a slow or out-of-memory run can be bounded and reported)."""
     settings = bench_settings(Path(work))
-    store = feast_repo.feature_store(settings)
-    theirs = feast_training_set(store, pd.read_parquet(entity_path), REGISTRY.service(SERVICE))
+    store = feature_store(settings)
+    theirs = FeastRetrieval(store).training_set(pd.read_parquet(entity_path), REGISTRY.service(SERVICE))
     theirs.to_parquet(out_path)
 
 
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         result |= {"events": n_events, "users": users, "days": a.days}
 
         # ---- feature build
-        builder = SparkFeatureBuilder(settings)
+        builder = SparkBackfill(settings)
         with PeakRss() as mem:
             report = builder.backfill(events_path=events_dir)
         rows_out = sum(report.views.values())
@@ -150,11 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         entity_df = entity_rows(events_dir, a.rows)
         with PeakRss() as mem:
             t0 = time.perf_counter()
-            ours = to_pandas(builder.training_set(entity_df, service))
+            ours = to_pandas(SparkRetrieval(settings, spark=builder.spark).training_set(entity_df, service))
             ours_s = time.perf_counter() - t0
         assert len(ours) == len(entity_df)
         result["training_set"] = {"rows": len(entity_df), "features": len(names), "ours": {
-            "engine": "SparkFeatureBuilder.training_set (Spark union + window last(ignorenulls) as-of join) "
+            "engine": "SparkRetrieval.training_set (Spark union + window last(ignorenulls) as-of join) "
                       "+ toPandas",
             "seconds": round(ours_s, 2), "rows_per_second": round(len(entity_df) / ours_s),
             "peak_rss_mib": round(mem.peak_mib)}}
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # ---- training set: Feast's offline store
         if not a.skip_feast:
-            feast_repo.apply(settings)
+            apply_repo(settings)
             subset = entity_df.head(a.feast_rows) if a.feast_rows else entity_df
             with PeakRss() as mem:
                 t0 = time.perf_counter()
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 feast_s = time.perf_counter() - t0
             feast: dict[str, Any] = {
                 "engine": f"Feast get_historical_features, offline store {settings.offline_store.type!r} "
-                          "(one call per view; see pipelines.spark_builder.feast_training_set)",
+                          "(one call per view; see pipelines.store.retrieval.FeastRetrieval)",
                 "rows": len(subset), "seconds": round(feast_s, 2), "timeout_s": a.feast_timeout,
                 "rows_per_second": round(len(subset) / feast_s) if error is None else None,
                 "rows_per_second_at_most": round(len(subset) / feast_s, 2),
@@ -193,10 +196,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"speedup={result.get('speedup_rows_per_second')}")
         result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
         result["chosen"] = (
-            "SparkFeatureBuilder.training_set: a sort-based as-of join whose cost grows with (queries + table rows) "
+            "SparkRetrieval.training_set: a sort-based as-of join whose cost grows with (queries + table rows) "
             "and which runs where the offline tables live (local or a cluster). Feast's file store merges every "
             "query with all rows of its key and sorts in pandas/dask in one process, needs the workarounds listed "
-            "in feast_training_set to be point-in-time correct, and is the slower and hungrier of the two here.")
+            "in FeastRetrieval to be point-in-time correct, and is the slower and hungrier of the two here.")
         path = write_result(a.result_name, result)
         print(f"-> {path}")
     finally:

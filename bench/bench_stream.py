@@ -63,7 +63,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from bench.common import PeakRss, percentiles, write_result
 from conf.settings import load_settings
-from pipelines.bytewax_builder import (
+from pipelines.ingest.eventlog import encode_json
+from pipelines.stream.engine import (
     BytewaxFeatureBuilder,
     JsonlReplaySource,
     StreamClock,
@@ -74,7 +75,6 @@ from pipelines.bytewax_builder import (
     read_drops,
     relax_gc,
 )
-from pipelines.eventlog import encode_json
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -246,10 +246,10 @@ def bench_flow(mode: str, path: str, out: str, until: str | None = None) -> Data
         return flow
     outputs = StreamOutputs.from_settings(settings, online=mode == "engine+online")
     if outputs.online and not (settings.data_path / "registry.db").exists():
-        from pipelines import feast_repo
+        from pipelines.store.repo import apply_repo
 
-        feast_repo.apply(settings)
-    relax_gc()  # as python -m bytewax.run "pipelines.bytewax_builder:build_flow(...)" does
+        apply_repo(settings)
+    relax_gc()  # as python -m bytewax.run "pipelines.stream.engine:build_flow(...)" does
     clock = StreamClock(until=datetime.fromisoformat(until) if until else None)
     return BytewaxFeatureBuilder(settings, outputs=outputs, clock=clock).dataflow(source)
 
@@ -395,16 +395,17 @@ def freshness(rate: float, seconds: float, work: Path, *, users: int = 1000, pro
               workers: int = 1) -> dict[str, Any]:
     from confluent_kafka import Producer
 
-    from pipelines import feast_repo
+    from pipelines.store.online import read_online
+    from pipelines.store.repo import apply_repo
 
     data = work / "fresh"
     shutil.rmtree(data, ignore_errors=True)
     settings = load_settings(data_dir=data, online_store={"type": "sqlite", "path": str(data / "online.db")})
-    store = feast_repo.apply(settings)
+    store = apply_repo(settings)
     broker_proc, broker = start_tansu()
     topic = "kairos.events"
     env = dict(os.environ, KAIROS__DATA_DIR=str(data), KAIROS__ONLINE_STORE__PATH=str(data / "online.db"))
-    flow = (f"pipelines.bytewax_builder:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
+    flow = (f"pipelines.stream.engine:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
             "online=True, changelog='')")
     rng = random.Random(3)
     kinds, weights = zip(*MIX, strict=True)
@@ -421,7 +422,7 @@ def freshness(rate: float, seconds: float, work: Path, *, users: int = 1000, pro
             if not pending:
                 time.sleep(0.002)
                 continue
-            got = feast_repo.read_online(store, ["user_commerce:user_total_spend_30d"],
+            got = read_online(store, ["user_commerce:user_total_spend_30d"],
                                          [{"user_id": u} for u in pending])
             now = time.perf_counter()
             with lock:

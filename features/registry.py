@@ -7,8 +7,10 @@ fails at import time with a message naming it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from features import catalog
 from features.events import FIELDS_BY_NAME
@@ -21,6 +23,16 @@ from features.spec import (
     OnDemandView,
     check_unique,
 )
+
+FeatureSelection = FeatureService | Sequence[str]  # a service, or Feast-style ``"view:feature"`` refs
+
+
+class Resolved(NamedTuple):
+    """What a selection of features reads: views to join, on-demand views to compute, output names in order."""
+
+    views: list[FeatureView]
+    on_demand: list[OnDemandView]
+    names: list[str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +90,32 @@ class Registry:
             if s.name == name:
                 return s
         raise KeyError(f"no feature service named {name!r}; known: {[s.name for s in self.services]}")
+
+    def resolve(self, features: FeatureSelection) -> Resolved:
+        """The views a service or ``view:feature`` refs read; an on-demand feature brings its source views
+        along (their features are inputs, not output). The one home of "which stored views a selection reads"."""
+        if isinstance(features, FeatureService):
+            chosen: list[FeatureView | OnDemandView] = list(features.views)
+            names = [f.name for f in features.features]
+        else:
+            chosen, names = [], []
+            for ref in features:
+                view_name, _, feature = ref.partition(":")
+                v: FeatureView | OnDemandView
+                try:
+                    v = self.view(view_name)
+                except KeyError:
+                    v = self.on_demand_view(view_name)
+                if feature not in v.feature_names:
+                    raise KeyError(f"{ref!r}: view {view_name!r} has no feature {feature!r}")
+                if v not in chosen:
+                    chosen.append(v)
+                names.append(feature)
+        odvs = [v for v in chosen if isinstance(v, OnDemandView)]
+        fvs = [v for v in chosen if isinstance(v, FeatureView)]
+        for o in odvs:
+            fvs += [s for s in o.sources if s not in fvs]
+        return Resolved(fvs, odvs, names)
 
     def feature(self, name: str) -> Feature:
         for f in self.all_features:

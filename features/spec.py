@@ -318,6 +318,21 @@ class FeatureService:
         """Feast-style ``view:feature`` references."""
         return tuple(f"{v.name}:{n}" for v in self.views for n in v.feature_names)
 
+    @property
+    def stored_views(self) -> tuple[FeatureView, ...]:
+        """The stored views the service reads: its feature views and the sources of its on-demand views."""
+        out: list[FeatureView] = []
+        for v in self.views:
+            for fv in (v,) if isinstance(v, FeatureView) else v.sources:
+                if fv not in out:
+                    out.append(fv)
+        return tuple(out)
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        """Its features in service order (stored and on-demand)."""
+        return tuple(f for v in self.views for f in v.features)
+
 
 def check_unique(kind: str, names: Iterable[str]) -> None:
     seen: set[str] = set()

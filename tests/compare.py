@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines import parity
-from pipelines.parity import FLOAT_TOLERANCE as TOLERANCE
+from validation import parity
+from validation.parity import FLOAT_TOLERANCE as TOLERANCE
 
 __all__ = ["TOLERANCE", "same", "same_typed"]
 

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from conf.settings import Settings, load_settings
-from pipelines.spark_session import spark_session
+from pipelines.spark.session import spark_session
 
 
 def settings_in(path: Path, **overrides: object) -> Settings:

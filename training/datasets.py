@@ -1,7 +1,7 @@
 """Training frames from the offline engine's point-in-time join, time splits and fingerprints.
 
 :func:`build_training_frame` sends the decision points (keys, ``decision_time``,
-label and oracle score) through :meth:`SparkFeatureBuilder.training_set` with the
+label and oracle score) through :meth:`pipelines.spark.retrieval.SparkRetrieval.training_set` with the
 model's feature service, and adds, per feature view, the ``event_timestamp`` of
 the offline row each value was taken from (``<view>_event_timestamp``, null for a
 cold start). The training-set suite (:mod:`validation.training_suite`) checks
@@ -22,7 +22,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from features.spec import FeatureService, FeatureView
-from pipelines.spark_builder import EVENT_TIMESTAMP, SparkFeatureBuilder, to_pandas
+from pipelines.spark.retrieval import SparkRetrieval
+from pipelines.spark.schema import to_pandas
+from pipelines.store.offline import EVENT_TIMESTAMP
 from training.labels import DECISION_TIME, LABEL
 
 ROW_ID: Final = "row_id"
@@ -34,16 +36,6 @@ def asof_column(view: FeatureView) -> str:
     return f"{view.name}_{EVENT_TIMESTAMP}"
 
 
-def feature_views(service: FeatureService) -> list[FeatureView]:
-    """The stored views a service reads, including the sources of its on-demand views."""
-    out: list[FeatureView] = []
-    for v in service.views:
-        for fv in (v,) if isinstance(v, FeatureView) else v.sources:
-            if fv not in out:
-                out.append(fv)
-    return out
-
-
 def model_features(service: FeatureService) -> list[str]:
     """The numeric features of a service, in service order: what the models read.
 
@@ -53,14 +45,14 @@ def model_features(service: FeatureService) -> list[str]:
     return [f.name for v in service.views for f in v.features if f.dtype in NUMERIC_DTYPES]
 
 
-def _asof_stamps(builder: SparkFeatureBuilder, entity: DataFrame, views: Sequence[FeatureView]) -> DataFrame:
+def _asof_stamps(retrieval: SparkRetrieval, entity: DataFrame, views: Sequence[FeatureView]) -> DataFrame:
     """``row_id`` and, per view, the latest offline ``event_timestamp <= decision_time`` of the row's key."""
     out = entity.select(ROW_ID)
     for v in views:
         key = v.entity.join_key
         queries = entity.select(F.col(key).alias("_k"), F.col(DECISION_TIME).alias("_t"), F.lit(1).alias("_q"),
                                 F.col(ROW_ID).alias("_r"), F.lit(None).cast("timestamp").alias("_s"))
-        table = builder.offline_table(v).select(
+        table = retrieval.offline_table(v).select(
             F.col(key).alias("_k"), F.col(EVENT_TIMESTAMP).alias("_t"), F.lit(0).alias("_q"),
             F.lit(None).cast("long").alias("_r"), F.col(EVENT_TIMESTAMP).alias("_s"))
         w = Window.partitionBy("_k").orderBy("_t", "_q").rowsBetween(Window.unboundedPreceding, Window.currentRow)
@@ -81,24 +73,24 @@ class TrainingFrame:
 
     @property
     def views(self) -> list[FeatureView]:
-        return feature_views(self.service)
+        return list(self.service.stored_views)
 
     @property
     def label_rate(self) -> float:
         return float(self.frame[LABEL].mean()) if len(self.frame) else float("nan")
 
 
-def build_training_frame(builder: SparkFeatureBuilder, points: pd.DataFrame, service: FeatureService
+def build_training_frame(retrieval: SparkRetrieval, points: pd.DataFrame, service: FeatureService
                          ) -> TrainingFrame:
     """``points`` (keys, ``decision_time``, ``label``, ...) joined point-in-time with ``service``'s features."""
     if points.empty:
         raise ValueError(f"no decision points to build a training set for {service.name!r}")
     entity = points.reset_index(drop=True).assign(**{ROW_ID: np.arange(len(points), dtype=np.int64)})
-    sdf = builder.spark.createDataFrame(entity.assign(
+    sdf = retrieval.spark.createDataFrame(entity.assign(
         **{c: entity[c].astype("datetime64[us, UTC]") for c in entity.columns
            if isinstance(entity[c].dtype, pd.DatetimeTZDtype)}))
-    joined = builder.training_set(sdf, service, timestamp_col=DECISION_TIME)
-    stamps = _asof_stamps(builder, sdf, feature_views(service))
+    joined = retrieval.training_set(sdf, service, timestamp_col=DECISION_TIME)
+    stamps = _asof_stamps(retrieval, sdf, service.stored_views)
     frame = to_pandas(joined.join(stamps, on=ROW_ID, how="left"))
     frame = frame.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
     if len(frame) != len(points):

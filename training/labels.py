@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from pipelines import simulator as sim
+from pipelines.ingest import simulator as sim
 
 DECISION_TIME: Final = "decision_time"
 LABEL: Final = "label"
@@ -59,7 +59,7 @@ class Truth:
         for name in ("users.parquet", "sessions.parquet"):
             if not (path / name).exists():
                 raise FileNotFoundError(f"no simulator truth {path / name}: simulate first "
-                                        "(python -m pipelines.simulator)")
+                                        "(python -m pipelines.ingest.simulator)")
         users = pd.read_parquet(path / "users.parquet", columns=[
             "user_id", "churn_risk", "churner", "churn_start", "churn_stop", "purchase_intent", "engagement",
             "session_rate", "is_new", "signup", "onboarding_dropoff_step"])

@@ -6,7 +6,7 @@
    (:mod:`training.labels`), plus the simulator's oracle score when its truth is
    there;
 2. the point-in-time training set from the offline engine
-   (``SparkFeatureBuilder.training_set`` with the model's feature service);
+   (``SparkRetrieval.training_set`` with the model's feature service);
 3. the Great Expectations training-set suite (:mod:`validation.training_suite`),
    with Data Docs; a failure raises ``DataValidationError`` and nothing
    downstream runs;
@@ -41,12 +41,15 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
+from pyspark.sql import SparkSession
 
 from conf.settings import ChurnTrainingSettings, ModelTrainingSettings, Settings, load_settings
 from features.registry import REGISTRY
-from pipelines.spark_builder import SparkFeatureBuilder
+from pipelines.spark.backfill import SparkBackfill
+from pipelines.spark.retrieval import SparkRetrieval
+from pipelines.spark.session import spark_session
 from training import labels as lbl
-from training.datasets import TrainingFrame, build_training_frame, feature_views, fingerprint, time_split
+from training.datasets import TrainingFrame, build_training_frame, fingerprint, time_split
 from training.metrics import (
     auc,
     binary_metrics,
@@ -204,7 +207,7 @@ def tasks(settings: Settings) -> list[Task]:
 
 def training_set_spec(task: Task) -> TrainingSetSpec:
     service = REGISTRY.service(task.cfg.feature_service)
-    keys = tuple(dict.fromkeys(v.entity.join_key for v in feature_views(service)))
+    keys = tuple(dict.fromkeys(v.entity.join_key for v in service.stored_views))
     return TrainingSetSpec(model=task.name, service=service, keys=keys, label_rate_min=task.cfg.label_rate_min,
                            label_rate_max=task.cfg.label_rate_max, max_null_rate=task.cfg.max_null_rate)
 
@@ -233,7 +236,7 @@ def offline_tables_present(settings: Settings) -> bool:
     return all(any((settings.offline_path / v.name).rglob("*.parquet")) for v in REGISTRY.views)
 
 
-def ensure_offline_tables(builder: SparkFeatureBuilder, events_dir: Path, progress: Progress) -> None:
+def ensure_offline_tables(builder: SparkBackfill, events_dir: Path, progress: Progress) -> None:
     if offline_tables_present(builder.settings):
         progress(f"offline tables present under {builder.settings.offline_path}")
         return
@@ -257,7 +260,7 @@ def champion_scorer(client: Any, name: str, test: pd.DataFrame, metric: str) -> 
     return score
 
 
-def train_model(task: Task, settings: Settings, builder: SparkFeatureBuilder, events: pd.DataFrame,
+def train_model(task: Task, settings: Settings, retrieval: SparkRetrieval, events: pd.DataFrame,
                 truth: lbl.Truth | None, points: pd.DataFrame, progress: Progress) -> ModelReport:
     t0 = time.perf_counter()
     tcfg = settings.training
@@ -267,7 +270,7 @@ def train_model(task: Task, settings: Settings, builder: SparkFeatureBuilder, ev
     labelled[lbl.ORACLE] = np.nan if oracle is None else oracle.to_numpy()
     progress(f"[{task.name}] {len(labelled):,} decision points, label rate {labelled[lbl.LABEL].mean():.3f}; "
              f"point-in-time join with {spec.service.name}")
-    tf: TrainingFrame = build_training_frame(builder, labelled, spec.service)
+    tf: TrainingFrame = build_training_frame(retrieval, labelled, spec.service)
     frame = tf.frame
 
     docs = settings.validation_docs_path / f"training_set.{task.name}"
@@ -397,15 +400,16 @@ def _log_artifacts(task: Task, test: pd.DataFrame, y_test: np.ndarray, probs: di
 
 # ------------------------------------------------------------------------------------------------ entry point
 def train_all(settings: Settings, *, events_dir: Path | str | None = None, truth_dir: Path | str | None = None,
-              builder: SparkFeatureBuilder | None = None, progress: Progress = print) -> TrainingReport:
+              spark: SparkSession | None = None, progress: Progress = print) -> TrainingReport:
     """Train both models on the simulated (or imported) event log; see the module docstring."""
     t0 = time.perf_counter()
     events_path = Path(events_dir) if events_dir is not None else settings.events_path
     truth_path = Path(truth_dir) if truth_dir is not None else events_path.parent / "truth"
     if not any(events_path.rglob("*.parquet")):
-        raise FileNotFoundError(f"no event log under {events_path}: simulate first (python -m pipelines.simulator)")
-    builder = builder or SparkFeatureBuilder(settings)
-    ensure_offline_tables(builder, events_path, progress)
+        raise FileNotFoundError(f"no event log under {events_path}: simulate first (kairos simulate)")
+    spark = spark or spark_session(settings)
+    ensure_offline_tables(SparkBackfill(settings, spark=spark), events_path, progress)
+    retrieval = SparkRetrieval(settings, spark=spark)
     events = lbl.read_events(events_path)
     truth = lbl.Truth.read(truth_path) if (truth_path / "users.parquet").exists() else None
     if truth is None:
@@ -413,7 +417,7 @@ def train_all(settings: Settings, *, events_dir: Path | str | None = None, truth
     tcfg = settings.training
     points = lbl.sample_decision_points(events, per_session=tcfg.decision_points_per_session, seed=tcfg.seed)
     progress(f"{len(events):,} events, {points['session_id'].nunique():,} sessions, {len(points):,} decision points")
-    reports = {task.name: train_model(task, settings, builder, events, truth, points, progress)
+    reports = {task.name: train_model(task, settings, retrieval, events, truth, points, progress)
                for task in tasks(settings)}
     return TrainingReport(models=reports, tracking_uri=settings.mlflow_tracking_uri,
                           seconds=time.perf_counter() - t0)

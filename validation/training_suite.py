@@ -54,12 +54,7 @@ class TrainingSetSpec:
 
     @property
     def stored_views(self) -> list[FeatureView]:
-        out: list[FeatureView] = []
-        for v in self.service.views:
-            for fv in (v,) if isinstance(v, FeatureView) else v.sources:
-                if fv not in out:
-                    out.append(fv)
-        return out
+        return list(self.service.stored_views)
 
     @property
     def features(self) -> list[Feature]:

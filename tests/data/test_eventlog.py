@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.events import EventType, validate_event
-from pipelines.eventlog import (
+from pipelines.ingest.eventlog import (
     EVENT_SCHEMA,
     DeadLetterStore,
     decode_json,

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import pipelines.importer as importer_module
+import pipelines.ingest.importer as importer_module
 from features.events import EventType, validate_event
-from pipelines.eventlog import EVENT_SCHEMA, read_parquet
-from pipelines.importer import ImportConfig, ImportConfigError, ImportSummary, SourceError, import_file, main
+from pipelines.ingest.eventlog import EVENT_SCHEMA, read_parquet
+from pipelines.ingest.importer import ImportConfig, ImportConfigError, ImportSummary, SourceError, import_file, main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conf" / "importers" / "retail_transactions.yaml"

@@ -13,7 +13,7 @@ from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
 from features.state import sweep
-from pipelines.eventlog import records_to_table
+from pipelines.ingest.eventlog import records_to_table
 from tests.adversarial import adversarial_log
 from tests.builders import T0, make_event
 from validation.run import DataValidationError, validate_frame

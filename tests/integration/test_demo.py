@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conf.settings import Settings
-from pipelines.demo import run
+from kairos.demo import run
 
 
 def test_demo_runs_end_to_end(tmp_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:

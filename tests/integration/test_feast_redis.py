@@ -14,7 +14,8 @@ from conf.settings import Settings, load_settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
-from pipelines import feast_repo
+from pipelines.store.online import read_online, write_online
+from pipelines.store.repo import apply_repo, store_config
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
 
@@ -45,16 +46,16 @@ def redis_settings(tmp_path: Path, valkey: ValkeyServer) -> Settings:
 
 
 def test_feast_writes_and_reads_every_dtype_through_valkey(redis_settings: Settings, valkey: ValkeyServer) -> None:
-    assert feast_repo.store_config(redis_settings)["online_store"] == {
+    assert store_config(redis_settings)["online_store"] == {
         "type": "redis", "connection_string": redis_settings.online_store.connection_string}
-    store = feast_repo.apply(redis_settings)
+    store = apply_repo(redis_settings)
     view = REGISTRY.view("user_commerce")
     at = datetime(2026, 10, 1, 12, 30, 5, tzinfo=UTC)
     written = {"user_id": "r9", "event_timestamp": at, **view.finalize_row({}),
                "user_total_spend_30d": 1234.5678, "user_purchases_30d": 3, "user_last_viewed_category_24h": "hats",
                "user_last_purchase_at_30d": datetime(2026, 9, 30, 8, 15, 42, tzinfo=UTC),
                "user_top3_categories_24h": ["hats", "bags", "shoes"]}
-    assert feast_repo.write_online(store, view, [written]) == 1
+    assert write_online(store, view, [written]) == 1
 
     names = ["user_total_spend_30d", "user_purchases_30d", "user_last_viewed_category_24h",
              "user_last_purchase_at_30d", "user_top3_categories_24h"]
@@ -67,7 +68,7 @@ def test_feast_writes_and_reads_every_dtype_through_valkey(redis_settings: Setti
     assert raw["user_last_purchase_at_30d"] == [datetime(2026, 9, 30, 8, 15, 42, tzinfo=UTC), None]
     assert raw["user_last_purchase_at_30d"][0].utcoffset() == timedelta(0)
 
-    got = feast_repo.read_online(store, [f"user_commerce:{n}" for n in view.feature_names],
+    got = read_online(store, [f"user_commerce:{n}" for n in view.feature_names],
                                  [{"user_id": "r9"}, {"user_id": "nobody"}])
     want = {n: written[n] for n in view.feature_names}
     assert {n: (got[0][n], w) for n, w in want.items() if not same(got[0][n], w)} == {}
@@ -85,13 +86,13 @@ def test_service_round_trip_equals_the_reference(redis_settings: Settings) -> No
     ]
     ref = Reference(events, rules=EventRules(allowed_lateness=timedelta(hours=1)))
     as_of = T0 + minutes(5)
-    store = feast_repo.apply(redis_settings)
+    store = apply_repo(redis_settings)
     for view in REGISTRY.views:
         key = "r1" if view.entity.name == "user" else "rs1"
-        feast_repo.write_online(store, view, [{view.entity.join_key: key, "event_timestamp": as_of,
+        write_online(store, view, [{view.entity.join_key: key, "event_timestamp": as_of,
                                                **ref.features(view, key, as_of)}])
     service = REGISTRY.service("purchase_propensity_v1")
-    got = feast_repo.read_online(store, service, [{"user_id": "r1", "session_id": "rs1", "request_time": as_of}])[0]
+    got = read_online(store, service, [{"user_id": "r1", "session_id": "rs1", "request_time": as_of}])[0]
     expected = ref.service_row(service, {"user_id": "r1", "session_id": "rs1"}, as_of)
     assert {n: (got[n], expected[n]) for n in expected if not same(got[n], expected[n])} == {}
     assert got["user_total_spend_30d"] == 42.5 and got["user_cart_qty_added_24h"] == 3
@@ -104,4 +105,4 @@ def test_service_round_trip_equals_the_reference(redis_settings: Settings) -> No
 def test_redis_requires_a_connection_string(tmp_path: Path) -> None:
     s = load_settings(data_dir=tmp_path, online_store={"type": "redis"})
     with pytest.raises(ValueError, match=r"online_store\.connection_string is required"):
-        feast_repo.store_config(s)
+        store_config(s)

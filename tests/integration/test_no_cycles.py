@@ -17,8 +17,9 @@ from typing import Any
 
 from bytewax.testing import TestingSource, run_main
 
-from pipelines import feast_repo
-from pipelines.bytewax_builder import (
+from pipelines.ingest.eventlog import encode_json
+from pipelines.store.repo import apply_repo
+from pipelines.stream.engine import (
     BytewaxFeatureBuilder,
     StreamClock,
     StreamOutputs,
@@ -26,7 +27,6 @@ from pipelines.bytewax_builder import (
     kafka_source,
     publish_to_kafka,
 )
-from pipelines.eventlog import encode_json
 from tests.adversarial import adversarial_log
 from tests.conftest import settings_in
 from tests.integration.test_kafka_stream import broker  # noqa: F401 - the Tansu broker fixture
@@ -36,7 +36,7 @@ from tests.parity.test_stream_reference import in_arrival_order, replay_items
 def cyclic_garbage_after_run(root: Path, events: int) -> tuple[int, int]:
     """(objects ``gc.collect()`` finds unreachable after the run, changelog rows written)."""
     settings = settings_in(root)
-    feast_repo.apply(settings)
+    apply_repo(settings)
     log = adversarial_log(5, users=20, events=events)
     items: list[Any] = replay_items(log)
     items += [(f"log:bad-{i}", "{nope" if i % 2 else encode_json({**log[i], "amount": -5}))

@@ -14,8 +14,9 @@ from conf.settings import Settings
 from features.catalog import SESSION_ACTIVITY, USER_COMMERCE
 from features.spec import FeatureView
 from features.state import ViewState
-from pipelines import feast_repo
-from pipelines.bytewax_builder import FeatureRow, _OnlinePartition
+from pipelines.store.online import read_online, write_online
+from pipelines.store.repo import apply_repo
+from pipelines.stream.engine import FeatureRow, _OnlinePartition
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 VIEWS = {v.name: v for v in (USER_COMMERCE, SESSION_ACTIVITY)}
@@ -28,11 +29,11 @@ def row(view: FeatureView, key: str, at: datetime, **changes: Any) -> FeatureRow
 
 def read(store: Any, view: FeatureView, key: str) -> dict[str, Any]:
     refs = [f"{view.name}:{n}" for n in view.feature_names]
-    return feast_repo.read_online(store, refs, [{view.entity.join_key: key}])[0]
+    return read_online(store, refs, [{view.entity.join_key: key}])[0]
 
 
 def test_only_changed_features_are_written_and_reads_see_the_newest_rows(tmp_settings: Settings) -> None:
-    store = feast_repo.apply(tmp_settings)
+    store = apply_repo(tmp_settings)
     sink = _OnlinePartition(tmp_settings, VIEWS)
     writes: list[tuple[str, list[set[str]]]] = []
     real = sink.write_online
@@ -68,7 +69,7 @@ def test_only_changed_features_are_written_and_reads_see_the_newest_rows(tmp_set
         assert read(store, USER_COMMERCE, "u1") == third.values
 
         # the end of an epoch: whatever else wrote the store meanwhile, each key's next row is written whole
-        feast_repo.write_online(store, USER_COMMERCE, [{"user_id": "u1", "event_timestamp": T0,
+        write_online(store, USER_COMMERCE, [{"user_id": "u1", "event_timestamp": T0,
                                                          "user_product_views_30d": 99}])
         sink.snapshot()
         fourth = row(USER_COMMERCE, "u1", T0 + timedelta(minutes=4), user_total_spend_30d=7.0, user_purchases_30d=1)

@@ -2,7 +2,7 @@
 interval's partitions and reports 0: the hourly DAG meets such intervals every quiet hour.
 
 PySpark used to fail these with a ``Py4JJavaError`` (an assertion in ``PythonSQLUtils.toPyRow``) from
-``Observation.get``, because an empty plan reports no metrics (``pipelines.spark_builder._observed``).
+``Observation.get``, because an empty plan reports no metrics (``pipelines.spark.backfill._observed``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from features.events import EventType
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
-from pipelines.eventlog import records_to_table, write_parquet
-from pipelines.spark_builder import DEAD_LETTER_TABLE, PARTITION, SparkFeatureBuilder
+from pipelines.ingest.eventlog import records_to_table, write_parquet
+from pipelines.spark.backfill import DEAD_LETTER_TABLE, SparkBackfill
+from pipelines.store.offline import PARTITION
 from tests.builders import make_event
 
 RULES = EventRules(allowed_lateness=timedelta(hours=1))
@@ -45,7 +46,7 @@ def test_quiet_days_succeed_write_nothing_and_leave_no_partition(tmp_path: Path,
               make_event(EventType.PURCHASE, user_id="u1", session_id="s1", event_time=noon + timedelta(minutes=2))]
     settings = settings_for(tmp_path)
     write_parquet(records_to_table(events), settings.events_path)
-    builder = SparkFeatureBuilder(settings, spark=spark)
+    builder = SparkBackfill(settings, spark=spark)
     full = builder.backfill()
     assert all(full.views[v.name] > 0 for v in REGISTRY.views)
     before = {v.name: days_in(settings.offline_path / v.name) for v in REGISTRY.views}
@@ -72,7 +73,7 @@ def test_a_log_without_commerce_events(tmp_path: Path, spark: SparkSession) -> N
               for u in ("u1", "u2") for i in range(3)]
     settings = settings_for(tmp_path)
     write_parquet(records_to_table(events), settings.events_path)
-    builder = SparkFeatureBuilder(settings, spark=spark)
+    builder = SparkBackfill(settings, spark=spark)
     ref = Reference(events, rules=RULES)
     full = builder.backfill()
     for view in REGISTRY.views:

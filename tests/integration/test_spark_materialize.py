@@ -18,9 +18,10 @@ from conf.settings import Settings, load_settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
-from pipelines import feast_repo
-from pipelines.eventlog import records_to_table, write_parquet
-from pipelines.spark_builder import SparkFeatureBuilder
+from pipelines.ingest.eventlog import records_to_table, write_parquet
+from pipelines.spark.backfill import SparkBackfill
+from pipelines.store.online import read_online
+from pipelines.store.repo import apply_repo
 from tests.adversarial import START, adversarial_log
 from tests.compare import same
 
@@ -41,8 +42,8 @@ def check_online(store: Any, ref: Reference, at: Any) -> int:
     user_service = REGISTRY.service("churn_v1")
     sessions = sorted({(e["user_id"], e["session_id"]) for e in ref.events if e["session_id"]})
     checked = 0
-    got_s = feast_repo.read_online(store, service, [{"session_id": s, "request_time": at} for _, s in sessions])
-    got_u = feast_repo.read_online(store, user_service, [{"user_id": u, "request_time": at} for u, _ in sessions])
+    got_s = read_online(store, service, [{"session_id": s, "request_time": at} for _, s in sessions])
+    got_u = read_online(store, user_service, [{"user_id": u, "request_time": at} for u, _ in sessions])
     for (u, s), gs, gu in zip(sessions, got_s, got_u, strict=True):
         for got, svc, keys in ((gs, service, {"session_id": s}), (gu, user_service, {"user_id": u})):
             want = ref.service_row(svc, keys, at)
@@ -64,8 +65,8 @@ def test_materialize_incremental_serves_reference_values(tmp_path: Path, spark: 
     events = adversarial_log(31, users=3, events=250)
     ref = Reference(events, rules=EventRules(allowed_lateness=timedelta(hours=1)))
     write_parquet(records_to_table(events), settings.events_path)
-    store = feast_repo.apply(settings)  # apply first: the engine must coexist with the empty tables it leaves
-    SparkFeatureBuilder(settings, spark=spark).backfill()
+    store = apply_repo(settings)  # apply first: the engine must coexist with the empty tables it leaves
+    SparkBackfill(settings, spark=spark).backfill()
     first = START + timedelta(hours=3, minutes=7)
     # the first load names its start (incremental runs start at "now - ttl", and this log is in the past) ...
     store.materialize(start_date=START - timedelta(days=1), end_date=first)

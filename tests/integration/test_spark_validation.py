@@ -20,8 +20,10 @@ from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
 from features.spec import FeatureView
-from pipelines.eventlog import records_to_table, write_parquet
-from pipelines.spark_builder import DEAD_LETTER_TABLE, EVENT_TIMESTAMP, SparkFeatureBuilder, to_pandas
+from pipelines.ingest.eventlog import records_to_table, write_parquet
+from pipelines.spark.backfill import DEAD_LETTER_TABLE, SparkBackfill
+from pipelines.spark.schema import to_pandas
+from pipelines.store.offline import EVENT_TIMESTAMP
 from tests.builders import raw_event
 from tests.compare import same
 
@@ -53,7 +55,7 @@ def normalised(raws: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[s
     return good, bad
 
 
-def rows(builder: SparkFeatureBuilder, view: FeatureView) -> list[dict[str, Any]]:
+def rows(builder: SparkBackfill, view: FeatureView) -> list[dict[str, Any]]:
     pdf = to_pandas(builder.offline_table(view))
     out = []
     for r in pdf.to_dict("records"):
@@ -74,7 +76,7 @@ def rows(builder: SparkFeatureBuilder, view: FeatureView) -> list[dict[str, Any]
     return out
 
 
-def assert_equals_reference(builder: SparkFeatureBuilder, ref: Reference) -> None:
+def assert_equals_reference(builder: SparkBackfill, ref: Reference) -> None:
     for view in REGISTRY.views:
         got = rows(builder, view)
         assert sorted((r["_key"], r["_t"]) for r in got) == sorted(
@@ -85,7 +87,7 @@ def assert_equals_reference(builder: SparkFeatureBuilder, ref: Reference) -> Non
             assert not bad, (view.name, r["_key"], r["_t"], bad)
 
 
-def table_rows(builder: SparkFeatureBuilder, view: FeatureView) -> list[tuple[str, ...]]:
+def table_rows(builder: SparkBackfill, view: FeatureView) -> list[tuple[str, ...]]:
     return sorted(tuple(str(x) for x in r) for r in to_pandas(builder.offline_table(view)).itertuples(index=False))
 
 
@@ -111,7 +113,7 @@ def test_a_clock_up_to_the_skew_ahead_is_clamped_and_beyond_it_dead_lettered(tmp
     assert good[1]["event_time"] == good[1]["ingest_time"] == noon  # validate_event clamped it
     settings = settings_for(tmp_path)
     write_parquet(records_to_table(raws), settings.events_path)
-    builder = SparkFeatureBuilder(settings, spark=spark)
+    builder = SparkBackfill(settings, spark=spark)
     report = builder.backfill()
     assert report.dropped == {"invalid": 4, "late": 0, "duplicate": 0, "no_consent": 0}
     assert builder.dead_letters == {"event_time is more than 300s after ingest_time (max clock skew)": 4}
@@ -139,13 +141,13 @@ def test_a_clamped_event_stamped_after_midnight_belongs_to_the_day_it_arrived(tm
     settings = settings_for(tmp_path / "full")
     write_parquet(records_to_table(raws), settings.events_path)
     assert (settings.events_path / f"event_date={DAY2.date().isoformat()}").exists()
-    full = SparkFeatureBuilder(settings, spark=spark)
+    full = SparkBackfill(settings, spark=spark)
     full_report = full.backfill()
     assert_equals_reference(full, Reference(good, rules=RULES))
 
     inc_settings = settings_for(tmp_path / "inc")
     write_parquet(records_to_table(raws), inc_settings.events_path)
-    inc = SparkFeatureBuilder(inc_settings, spark=spark)
+    inc = SparkBackfill(inc_settings, spark=spark)
     bounds = (DAY1, DAY2, DAY3, DAY3 + timedelta(days=40))
     reports = [inc.backfill(start=a, end=z) for a, z in itertools.pairwise(bounds)]
     for view in REGISTRY.views:

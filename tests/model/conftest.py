@@ -15,8 +15,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 from conf.settings import Settings, load_settings
-from pipelines.simulator import SimulationConfig, simulate_to_dir
-from pipelines.spark_builder import SparkFeatureBuilder
+from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
+from pipelines.spark.retrieval import SparkRetrieval
 from training.pipeline import TrainingReport, train_all
 
 USERS, DAYS = 300, 8
@@ -33,7 +33,7 @@ def model_settings(data_dir: Path, mlflow_db: Path | None = None, **overrides: o
 @dataclass
 class Trained:
     settings: Settings
-    builder: SparkFeatureBuilder
+    retrieval: SparkRetrieval
     report: TrainingReport
     lines: list[str]
 
@@ -45,10 +45,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, spark: SparkSession) -> It
     # the settings' own labels, bands and gate; a smaller XGBoost grid keeps the suite within its time budget
     settings = model_settings(data, training={"xgboost": {"max_depth": [2, 3], "min_child_weight": [10.0]}})
     simulate_to_dir(SimulationConfig.from_settings(settings, users=USERS, days=DAYS), data)
-    builder = SparkFeatureBuilder(settings, spark=spark)
     lines: list[str] = []
-    report = train_all(settings, builder=builder, progress=lines.append)
-    yield Trained(settings=settings, builder=builder, report=report, lines=lines)
+    report = train_all(settings, spark=spark, progress=lines.append)
+    yield Trained(settings=settings, retrieval=SparkRetrieval(settings, spark=spark), report=report, lines=lines)
 
 
 @pytest.fixture(scope="session")
@@ -63,4 +62,5 @@ def purchase_frame(trained: Trained) -> pd.DataFrame:
     points = lbl.sample_decision_points(events, per_session=s.training.decision_points_per_session,
                                         seed=s.training.seed)
     labelled = lbl.purchase_labels(points, events, s.training.purchase.horizon)
-    return build_training_frame(trained.builder, labelled, REGISTRY.service(s.training.purchase.feature_service)).frame
+    service = REGISTRY.service(s.training.purchase.feature_service)
+    return build_training_frame(trained.retrieval, labelled, service).frame

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import simulator as sim
+from pipelines.ingest import simulator as sim
 from training import labels as lbl
 from training.datasets import fingerprint, time_split
 from training.metrics import binary_metrics, expected_calibration_error

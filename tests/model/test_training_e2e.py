@@ -90,7 +90,7 @@ def test_failed_validation_stops_before_training(trained: Trained, tmp_path: Pat
     assert blocked.training.churn == s.training.churn  # only the purchase band differs
     lines: list[str] = []
     with pytest.raises(DataValidationError) as exc:
-        train_all(blocked, builder=trained.builder, progress=lines.append)
+        train_all(blocked, spark=trained.retrieval.spark, progress=lines.append)
     message = str(exc.value)
     assert "training_set.purchase_propensity" in message and "FAILED" in message
     assert "column 'label': expect_column_mean_to_be_between" in message

@@ -24,16 +24,13 @@ from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import Collision, Drop, EventRules, tile_expiry, tile_start
 from features.spec import FeatureView
-from pipelines import feast_repo
-from pipelines.eventlog import records_to_table, write_parquet
-from pipelines.spark_builder import (
-    CREATED_TIMESTAMP,
-    DEAD_LETTER_TABLE,
-    EVENT_TIMESTAMP,
-    SparkFeatureBuilder,
-    feast_training_set,
-    to_pandas,
-)
+from pipelines.ingest.eventlog import records_to_table, write_parquet
+from pipelines.spark.backfill import DEAD_LETTER_TABLE, SparkBackfill
+from pipelines.spark.retrieval import SparkRetrieval
+from pipelines.spark.schema import to_pandas
+from pipelines.store.offline import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from pipelines.store.repo import apply_repo
+from pipelines.store.retrieval import FeastRetrieval
 from tests.adversarial import START, adversarial_log, minimal_logs
 from tests.builders import make_event
 from tests.compare import same
@@ -63,7 +60,7 @@ def settings_for(path: Path) -> Settings:
                          spark={"master": "local[2]", "shuffle_partitions": 2})
 
 
-def offline_rows(builder: SparkFeatureBuilder, view: FeatureView) -> list[dict[str, Any]]:
+def offline_rows(builder: SparkBackfill, view: FeatureView) -> list[dict[str, Any]]:
     pdf = to_pandas(builder.offline_table(view))
     assert isinstance(pdf[EVENT_TIMESTAMP].dtype, pd.DatetimeTZDtype), "offline timestamps must be UTC-aware"
     rows = []
@@ -76,7 +73,7 @@ def offline_rows(builder: SparkFeatureBuilder, view: FeatureView) -> list[dict[s
     return rows
 
 
-def table_rows(builder: SparkFeatureBuilder, view: FeatureView) -> list[tuple[str, ...]]:
+def table_rows(builder: SparkBackfill, view: FeatureView) -> list[tuple[str, ...]]:
     pdf = to_pandas(builder.offline_table(view))
     return sorted(tuple(str(x) for x in r) for r in pdf.itertuples(index=False))
 
@@ -87,7 +84,7 @@ class Built:
         self.events = events
         self.ref = Reference(events, rules=RULES)
         write_parquet(records_to_table(events), self.settings.events_path)
-        self.builder = SparkFeatureBuilder(self.settings, spark=spark)
+        self.builder = SparkBackfill(self.settings, spark=spark)
         self.report = self.builder.backfill()
 
 
@@ -196,13 +193,13 @@ def test_training_set_is_point_in_time_correct(built: Callable[[int, int, int], 
     b = built(23, 5, 300)
     entity_df = _queries(b.ref)
     service = REGISTRY.service("purchase_propensity_v1")
-    got = to_pandas(b.builder.training_set(entity_df, service))
+    got = to_pandas(SparkRetrieval(b.settings, spark=b.builder.spark).training_set(entity_df, service))
     assert _check_training_set(b.ref, entity_df, got, [r.split(":")[1] for r in service.feature_refs]) > 1000
     # a Spark frame and feature references (an on-demand feature alone brings its sources as inputs only)
     refs = ["session_context:session_cart_idle_seconds", "user_account:user_logins_7d",
             "user_commerce:user_top3_categories_24h", "user_recency:user_seconds_since_last_login"]
     sdf = b.builder.spark.createDataFrame(entity_df)
-    got = to_pandas(b.builder.training_set(sdf, refs))
+    got = to_pandas(SparkRetrieval(b.settings, spark=b.builder.spark).training_set(sdf, refs))
     _check_training_set(b.ref, entity_df, got, [r.split(":")[1] for r in refs])
 
 
@@ -211,19 +208,19 @@ def test_training_set_rejects_naive_timestamps_and_missing_keys(built: Callable[
     service = REGISTRY.service("churn_v1")
     naive = pd.DataFrame({"user_id": ["u1"], "event_timestamp": [datetime(2026, 11, 1)]})
     with pytest.raises(ValueError, match="timezone-aware"):
-        b.builder.training_set(naive, service)
+        SparkRetrieval(b.settings, spark=b.builder.spark).training_set(naive, service)
     no_key = pd.DataFrame({"event_timestamp": pd.to_datetime([START], utc=True)})
     with pytest.raises(ValueError, match="'user_id'"):
-        b.builder.training_set(no_key, service)
+        SparkRetrieval(b.settings, spark=b.builder.spark).training_set(no_key, service)
 
 
 def test_feast_get_historical_features_equals_the_reference(built: Callable[[int, int, int], Built]) -> None:
     """Feast's file offline store over the same offline tables gives the same training set."""
     b = built(23, 5, 300)
-    store = feast_repo.apply(b.settings)
+    store = apply_repo(b.settings)
     entity_df = _queries(b.ref)
     service = REGISTRY.service("purchase_propensity_v1")
-    got = feast_training_set(store, entity_df, service)
+    got = FeastRetrieval(store).training_set(entity_df, service)
     names = [r.split(":")[1] for r in service.feature_refs]
     assert _check_training_set(b.ref, entity_df, got, names) > 1000
 
@@ -233,7 +230,7 @@ def test_intervals_add_up_to_one_full_run_and_reruns_are_idempotent(built: Calla
     full = built(21, 3, 300)
     settings = settings_for(tmp_path)
     write_parquet(records_to_table(full.events), settings.events_path)
-    inc = SparkFeatureBuilder(settings, spark=spark)
+    inc = SparkBackfill(settings, spark=spark)
     reports = [inc.backfill(start=a, end=z) for a, z in ((DAY1, DAY2), (DAY2, DAY3), (DAY3, AFTER_ALL))]
     for reason, n in full.report.dropped.items():  # every event is counted by exactly one interval
         assert sum(r.dropped[reason] for r in reports) == n, reason
@@ -270,7 +267,7 @@ def test_session_collisions_of_intervals_add_up_to_one_full_run(tmp_path: Path, 
     assert full.report.collisions[Collision.SESSION_ID.value] == 1
     settings = settings_for(tmp_path / "inc")
     write_parquet(records_to_table(events), settings.events_path)
-    inc = SparkFeatureBuilder(settings, spark=spark)
+    inc = SparkBackfill(settings, spark=spark)
     reports = [inc.backfill(start=a, end=z) for a, z in ((DAY1, DAY2), (DAY2, AFTER_ALL))]
     assert [r.collisions[Collision.SESSION_ID.value] for r in reports] == [0, 1]
     for view in REGISTRY.views:
@@ -283,7 +280,7 @@ def test_an_interval_without_change_points_succeeds_writes_nothing_and_clears_it
     full = built(21, 3, 300)
     settings = settings_for(tmp_path)
     write_parquet(records_to_table(full.events), settings.events_path)
-    builder = SparkFeatureBuilder(settings, spark=spark)
+    builder = SparkBackfill(settings, spark=spark)
     builder.backfill()
     quiet = AFTER_ALL + timedelta(days=3)
     root = settings.offline_path / "user_commerce"
@@ -301,7 +298,7 @@ def test_an_interval_without_change_points_succeeds_writes_nothing_and_clears_it
 
 
 def test_interval_bounds_must_be_midnights(tmp_path: Path, spark: SparkSession) -> None:
-    builder = SparkFeatureBuilder(settings_for(tmp_path), spark=spark)
+    builder = SparkBackfill(settings_for(tmp_path), spark=spark)
     with pytest.raises(ValueError, match="UTC midnights"):
         builder.backfill(start=datetime(2026, 10, 31, 6, tzinfo=UTC))
     with pytest.raises(ValueError, match="UTC midnights"):
@@ -320,7 +317,7 @@ def test_validation_names_bad_columns_and_dead_letters_rows(tmp_path: Path, spar
     ahead = dict(events[5], event_time=events[5]["ingest_time"] + timedelta(minutes=2))
     good = [dict(ahead, event_time=ahead["ingest_time"]), *events[6:]]
     write_parquet(records_to_table([ahead, *events[6:], *bad]), settings.events_path)
-    builder = SparkFeatureBuilder(settings, spark=spark)
+    builder = SparkBackfill(settings, spark=spark)
     report = builder.backfill()
     assert report.dropped["invalid"] == len(bad)
     assert builder.dead_letters == {"event_id is null": 1, "user_id is null": 1, "ingest_time is null": 2,

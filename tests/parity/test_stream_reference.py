@@ -29,7 +29,8 @@ from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import Collision, Drop, EventRules, arrival_order_key
 from features.state import sweep
-from pipelines.bytewax_builder import (
+from pipelines.ingest.eventlog import encode_json, write_jsonl
+from pipelines.stream.engine import (
     BytewaxFeatureBuilder,
     DropRecord,
     FeatureRow,
@@ -43,7 +44,6 @@ from pipelines.bytewax_builder import (
     read_changelog,
     read_drops,
 )
-from pipelines.eventlog import encode_json, write_jsonl
 from tests.adversarial import adversarial_log, minimal_logs
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
@@ -212,14 +212,14 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("scale", ["-w 2", "2 processes"])
 def test_bytewax_run_cli_on_two_workers_replays_the_file(tmp_settings: Settings, scale: str) -> None:
-    """``python -m bytewax.run pipelines.bytewax_builder:flow`` over the default replay file, as two worker
+    """``python -m bytewax.run pipelines.stream.engine:flow`` over the default replay file, as two worker
     threads of one process or as two processes (``-i/-a``): items and state cross a process boundary."""
     events = adversarial_log(4, users=5, events=800)
     path = tmp_settings.data_path / "stream.jsonl"  # the settings' default replay file
     write_jsonl(in_arrival_order(events), path)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"event_id": "broken"\n{"schema_version": 1, "event_type": "teleport"}\n')
-    cmd = [sys.executable, "-m", "bytewax.run", "pipelines.bytewax_builder:flow"]
+    cmd = [sys.executable, "-m", "bytewax.run", "pipelines.stream.engine:flow"]
     if scale == "-w 2":
         commands = [[*cmd, "-w", "2"]]
     else:

@@ -14,9 +14,9 @@ from pyspark.sql import SparkSession
 
 from conf.settings import Settings
 from features.registry import REGISTRY
-from pipelines.bytewax_builder import FeatureRow
-from pipelines.parity import ParityReport, compare_view, run_parity, stream_timelines
-from pipelines.simulator import SimulationConfig, simulate_to_dir
+from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
+from pipelines.stream.engine import FeatureRow
+from validation.parity import ParityReport, compare_view, run_parity, stream_timelines
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import pytest
 
 from conf.settings import load_settings
 from features.events import EVENT_PROPERTIES, PROPERTY_NAMES, EventType, validate_event
-from pipelines.eventlog import EVENT_SCHEMA, decode_json, read_parquet
-from pipelines.simulator import (
+from pipelines.ingest.eventlog import EVENT_SCHEMA, decode_json, read_parquet
+from pipelines.ingest.simulator import (
     SESSION_GAP,
     SimulationConfig,
     SimulationResult,

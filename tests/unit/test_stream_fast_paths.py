@@ -12,8 +12,8 @@ import pytest
 from features.aggregations import AGGREGATORS, Count, Max, Min, Sum
 from features.events import validate_event
 from features.registry import REGISTRY
-from pipelines.bytewax_builder import _fast_validate, _validate_one
-from pipelines.eventlog import decode_json, encode_json
+from pipelines.ingest.eventlog import decode_json, encode_json
+from pipelines.stream.engine import _fast_validate, _validate_one
 from tests.adversarial import adversarial_log
 from tests.builders import raw_event
 

@@ -22,20 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from features.events import ALL_FIELDS, FieldError, validate_event
-
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-}
+from pipelines.store.offline import ARROW_TYPES, PARTITION
 
 EVENT_SCHEMA: pa.Schema = pa.schema(
-    [pa.field(f.name, _ARROW_TYPES[f.dtype], nullable=True) for f in ALL_FIELDS],
+    [pa.field(f.name, ARROW_TYPES[f.dtype], nullable=True) for f in ALL_FIELDS],
     metadata={b"kairos.schema": b"events", b"kairos.schema_version": b"1"},
 )
-PARTITION_COLUMN = "event_date"
 
 
 def records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -68,12 +60,12 @@ def write_parquet(table: pa.Table, root: str | os.PathLike[str], *, existing: st
     """
     table = conform(table)
     day = pc.strftime(table.column("event_time"), format="%Y-%m-%d")
-    table = table.append_column(PARTITION_COLUMN, day)
+    table = table.append_column(PARTITION, day)
     ds.write_dataset(
         table,
         base_dir=str(root),
         format="parquet",
-        partitioning=ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive"),
+        partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
         existing_data_behavior=existing,
         basename_template=f"part-{part or datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}-{{i}}.parquet",
         file_options=ds.ParquetFileFormat().make_write_options(coerce_timestamps="us", compression="zstd"),
@@ -85,13 +77,13 @@ def read_parquet(root: str | os.PathLike[str], *, start: date | None = None, end
     dataset = ds.dataset(str(root), format="parquet", partitioning="hive")
     flt = None
     if start is not None:
-        flt = ds.field(PARTITION_COLUMN) >= start.isoformat()
+        flt = ds.field(PARTITION) >= start.isoformat()
     if end is not None:
-        cond = ds.field(PARTITION_COLUMN) <= end.isoformat()
+        cond = ds.field(PARTITION) <= end.isoformat()
         flt = cond if flt is None else flt & cond
     table = dataset.to_table(filter=flt)
-    if PARTITION_COLUMN in table.column_names:
-        table = table.drop_columns([PARTITION_COLUMN])
+    if PARTITION in table.column_names:
+        table = table.drop_columns([PARTITION])
     return conform(table)
 
 

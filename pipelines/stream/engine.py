@@ -14,7 +14,7 @@ and dtypes come from the specs. One dataflow serves every view::
                               meet in one state, for the owner rule)
 
 * **Sources**: a JSON-lines replay (``settings.data_path/stream.jsonl`` by default, in
-  arrival order, as ``python -m pipelines.simulator --jsonl`` writes it) or a Kafka
+  arrival order, as ``python -m pipelines.ingest.simulator --jsonl`` writes it) or a Kafka
   topic (``bytewax.connectors.kafka``; ``settings.stream.brokers``/``topic``). Every
   item carries its source position (``file:line`` or ``topic:partition:offset``), which
   names dead letters and drops.
@@ -83,8 +83,8 @@ Outputs
 * the **drops log** (``.../stream/drops/``): one line per late, duplicate, non-consented
   or invalid event, named by its source position; :func:`read_drops` counts them;
 * **dead letters** (``settings.dead_letter_path/bytewax-*.jsonl``): the payload and field
-  errors of each invalid event, through :class:`pipelines.eventlog.DeadLetterStore`;
-* the **Feast online store**, through ``pipelines.feast_repo.write_online_rows``: one
+  errors of each invalid event, through :class:`pipelines.ingest.eventlog.DeadLetterStore`;
+* the **Feast online store**, through ``pipelines.store.online.write_online_rows``: one
   background writer per view writes the newest row of each key that changed while its
   previous write was in flight, and of it only the features that changed since the key's
   previous write in the epoch (Feast's SQLite store costs ~14 us per feature here, so batches
@@ -98,10 +98,10 @@ buffered; rows replayed after a resume are upserts of values already written.
 
 Running it::
 
-    python -m bytewax.run pipelines.bytewax_builder:flow -w 2
+    python -m bytewax.run pipelines.stream.engine:flow -w 2
     python -m bytewax.recovery RECOVERY_DIR 1          # once, then run with recovery:
-    python -m bytewax.run "pipelines.bytewax_builder:build_flow(source='kafka')" -r RECOVERY_DIR -s 5 -b 0
-    python -m pipelines.bytewax_builder report     # rows per view and drops per reason, from the logs
+    python -m bytewax.run "pipelines.stream.engine:build_flow(source='kafka')" -r RECOVERY_DIR -s 5 -b 0
+    python -m pipelines.stream.engine report     # rows per view and drops per reason, from the logs
 """
 
 from __future__ import annotations
@@ -118,14 +118,14 @@ import threading
 import time
 import weakref
 import zlib
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, NamedTuple, Optional, TypeVar
 
 import bytewax.operators as op
 import msgspec
@@ -148,8 +148,8 @@ from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, EventRules, IdCollisions, arrival_order_key, to_us
 from features.spec import FeatureView
 from features.state import Owner, ViewState, owner_of
-from pipelines.builder import BuildReport, FeatureBuilder
-from pipelines.eventlog import DeadLetterStore, decode_json, encode_json
+from pipelines.engine import BuildReport
+from pipelines.ingest.eventlog import DeadLetterStore, decode_json, encode_json
 
 if TYPE_CHECKING:
     from bytewax.recovery import RecoveryConfig
@@ -1031,10 +1031,10 @@ class _OnlinePartition(StatefulSinkPartition[FeatureRow, None]):  # type: ignore
     def __init__(self, settings: Settings, views: Mapping[str, FeatureView]) -> None:
         from feast import FeatureStore
 
-        from pipelines import feast_repo
+        from pipelines.store.online import write_online_rows
 
         self.views = views
-        self.write_online = feast_repo.write_online_rows
+        self.write_online = write_online_rows
         self.store = FeatureStore(repo_path=str(settings.feature_repo_path))
         # SQLite has one writer at a time: writers of this process take turns instead of timing out on its lock
         self.lock = _SQLITE_WRITE_LOCK if settings.online_store.type == "sqlite" else contextlib.nullcontext()
@@ -1136,11 +1136,11 @@ class _OnlinePartition(StatefulSinkPartition[FeatureRow, None]):  # type: ignore
 
 
 class OnlineStoreSink(FixedPartitionedSink[FeatureRow, None]):  # type: ignore[misc]
-    """Rows into the Feast online store (``pipelines.feast_repo.write_online_rows``), newest per key, in batches.
+    """Rows into the Feast online store (``pipelines.store.online.write_online_rows``), newest per key, in batches.
 
     ``parts`` writers (default: one per view), each a thread of the worker that owns it;
     a view's rows always go to the same writer. The repo must have been applied
-    (``python -m pipelines.feast_repo apply``).
+    (``python -m kairos apply``).
     """
 
     def __init__(self, settings: Settings, views: Mapping[str, FeatureView], parts: int | None = None) -> None:
@@ -1261,6 +1261,19 @@ def _relaxed_gc() -> Iterator[None]:
         gc.unfreeze()
         if enabled:
             gc.enable()
+
+
+_Events = TypeVar("_Events")
+_Rows = TypeVar("_Rows")
+
+
+class FeatureBuilder(ABC, Generic[_Events, _Rows]):  # TEMPORARY: until the stream fills MaterializationEngine
+    def __init__(self, settings: Settings, registry: Registry = REGISTRY) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.rules = EventRules(allowed_lateness=settings.events.allowed_lateness)
+        self.progress: Callable[[str], None] = lambda _message: None
+
 
 
 class BytewaxFeatureBuilder(FeatureBuilder[Stream, Stream]):  # type: ignore[misc]
@@ -1446,7 +1459,7 @@ def build_flow(source: str | None = None, path: str | None = None, *, brokers: s
                flush_at_eof: bool = True, online: bool | None = None,
                changelog: str | None = None, drops: str | None = None, rate: float | None = None,
                views: Sequence[str] | None = None, parts: int = DEFAULT_PARTS) -> Dataflow:
-    """The dataflow for ``python -m bytewax.run "pipelines.bytewax_builder:build_flow(...)"``.
+    """The dataflow for ``python -m bytewax.run "pipelines.stream.engine:build_flow(...)"``.
 
     Defaults come from the settings (``stream.source``, ``brokers``, ``topic``; the
     replay file ``data_path/stream.jsonl``). ``live`` (default: a tailing Kafka source, or
@@ -1476,9 +1489,9 @@ def build_flow(source: str | None = None, path: str | None = None, *, brokers: s
         outputs.drops_dir = Path(drops)
     outputs.parts = parts
     if online and not (settings.data_path / "registry.db").exists():
-        from pipelines import feast_repo
+        from pipelines.store.repo import apply_repo
 
-        feast_repo.apply(settings)
+        apply_repo(settings)
     builder = BytewaxFeatureBuilder(settings, clock=clock, outputs=outputs)
     relax_gc()  # this process runs the dataflow (python -m bytewax.run)
     chosen = [REGISTRY.view(v) for v in views] if views else None
@@ -1486,14 +1499,14 @@ def build_flow(source: str | None = None, path: str | None = None, *, brokers: s
 
 
 def __getattr__(name: str) -> Any:
-    """``flow``: the settings' dataflow, built on first access (``python -m bytewax.run pipelines.bytewax_builder``)."""
+    """``flow``: the settings' dataflow, built on first access (``python -m bytewax.run pipelines.stream.engine``)."""
     if name == "flow":
         return build_flow()
     raise AttributeError(name)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipelines.bytewax_builder",
+    p = argparse.ArgumentParser(prog="python -m pipelines.stream.engine",
                                 description="Reports of the Bytewax engine (run it with python -m bytewax.run)")
     p.add_argument("command", choices=["report"])
     p.add_argument("--changelog", type=Path, default=None)

@@ -28,8 +28,9 @@ from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
 from features.spec import Feature
-from pipelines.eventlog import DeadLetterStore, read_parquet, table_to_records, validate_records
-from pipelines.parity import cell_value, same
+from pipelines.ingest.eventlog import DeadLetterStore, read_parquet, table_to_records, validate_records
+from pipelines.store.values import nullable_spec_value
+from validation.parity import same
 
 SHOWN_FEATURES = (
     "user_total_spend_30d",
@@ -77,7 +78,7 @@ def corrupt_samples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dict[str, Any]:
-    from pipelines.simulator import SimulationConfig, simulate_to_dir
+    from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
 
     summary: dict[str, Any] = {}
     data = settings.data_path
@@ -105,12 +106,14 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
         summary["dead_lettered"] = report.rejected
 
     with step("3. Spark: backfill every feature view, then a point-in-time training set"):
-        from pipelines.parity import parity_end
-        from pipelines.spark_builder import SparkFeatureBuilder, to_pandas
+        from pipelines.spark.backfill import SparkBackfill
+        from pipelines.spark.retrieval import SparkRetrieval
+        from pipelines.spark.schema import to_pandas
+        from validation.parity import parity_end
 
         ref = Reference(good, rules=EventRules(allowed_lateness=settings.events.allowed_lateness))
         end = parity_end(settings)
-        builder = SparkFeatureBuilder(settings)
+        builder = SparkBackfill(settings)
         builder.progress = lambda message: print(f"   spark: {message}", flush=True)
         print(f"   spark {settings.spark.master}: building [start of log, {end:%Y-%m-%d %H:%M}) into "
               f"{settings.offline_path}", flush=True)
@@ -121,7 +124,8 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
         moments = pick_moments(ref)
         entity_df = decision_points(ref, moments, n=2000)
         t0 = time.perf_counter()
-        training = to_pandas(builder.training_set(entity_df, service)).sort_values("qid").reset_index(drop=True)
+        retrieval = SparkRetrieval(settings, spark=builder.spark)
+        training = to_pandas(retrieval.training_set(entity_df, service)).sort_values("qid").reset_index(drop=True)
         print(f"   training set: {len(training):,} decision points x {len(service.feature_refs)} features of "
               f"'{service.name}', as of each point, in {time.perf_counter() - t0:.1f}s")
         served = {f.name: f for v in service.views for f in v.features}
@@ -142,7 +146,7 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
             print(f"   {name:40s} " + "  ".join(f"{fmt(r[name]):>22s}" for r in rows))
 
     with step("4. Bytewax: replay the log into the Feast online store, then batch/stream parity"):
-        from pipelines.parity import run_parity
+        from validation.parity import run_parity
 
         parity = run_parity(settings, spark=builder.spark, built=built, workers=1, reference_keys=100,
                             feast_keys=200, progress=print)
@@ -163,16 +167,17 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
         summary["parity_mismatches"] = parity.mismatches
 
     with step("5. Serving preview: Feast online read through a feature service, against the reference"):
-        from pipelines import feast_repo
+        from pipelines.store.online import read_online
+        from pipelines.store.repo import feature_store
 
-        store_ = feast_repo.feature_store(settings)
+        store_ = feature_store(settings)
         print(f"   registered {len(store_.list_entities())} entities, {len(store_.list_feature_views())} feature "
               f"views, {len(store_.list_on_demand_feature_views())} on-demand views, "
               f"{len(store_.list_feature_services())} feature services")
         at = end - timedelta(microseconds=1)
         keys = [{"user_id": u, "session_id": s_} for u, s_, _ in moments.values()]
         t0 = time.perf_counter()
-        online = feast_repo.read_online(store_, service, [{**k, "request_time": at} for k in keys])
+        online = read_online(store_, service, [{**k, "request_time": at} for k in keys])
         ms = (time.perf_counter() - t0) * 1000
         diffs = [(who, n, want[n], got[n]) for who, k, got in zip(moments, keys, online, strict=True)
                  for want in [ref.service_row(service, k, at)]
@@ -240,7 +245,7 @@ def decision_points(ref: Reference, moments: dict[str, tuple[str, str, datetime]
 
 def spec_row(record: dict[str, Any], features: dict[str, Feature]) -> dict[str, Any]:
     """A training-set row (pandas cells) with spec-typed Python values for ``features``."""
-    return {**record, **{n: cell_value(record[n], f) for n, f in features.items()}}
+    return {**record, **{n: nullable_spec_value(f, record[n]) for n, f in features.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 A YAML config (``conf/importers/*.yaml``, validated by :class:`ImportConfig`) maps
 Kairos fields to source columns and source values to event types::
 
-    python -m pipelines.importer --config conf/importers/retail_transactions.yaml \\
+    python -m pipelines.ingest.importer --config conf/importers/retail_transactions.yaml \\
         --input export.csv --out var/data/events [--dead-letter var/data/dead_letter/x.jsonl]
 
 How a row becomes an event
@@ -59,7 +59,7 @@ Ids, times and sessions
 
 Output and idempotence
 ----------------------
-Events are written with :func:`pipelines.eventlog.write_parquet` under ``--out``
+Events are written with :func:`pipelines.ingest.eventlog.write_parquet` under ``--out``
 (``event_date=YYYY-MM-DD/part-import-<name>-<file stem>-<i>.parquet``).
 Importing a file again replaces the files of its previous import in that
 directory, and the default dead-letter file (``<out>/../dead_letter/
@@ -117,7 +117,7 @@ from features.events import (
     FieldError,
     validate_event,
 )
-from pipelines.eventlog import EVENT_SCHEMA, DeadLetterStore, write_parquet
+from pipelines.ingest.eventlog import EVENT_SCHEMA, DeadLetterStore, write_parquet
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -1030,7 +1030,7 @@ def import_file(config: ImportConfig | str | Path, source: str | Path, out: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.importer",
+    p = argparse.ArgumentParser(prog="python -m pipelines.ingest.importer",
                                 description="Import a foreign event log (CSV or parquet) as Kairos events")
     p.add_argument("--config", required=True, type=Path, help="import config, e.g. conf/importers/x.yaml")
     p.add_argument("--input", required=True, type=Path, help="the source file")

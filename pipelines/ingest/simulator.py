@@ -67,7 +67,8 @@ import pyarrow.parquet as pq
 from conf.settings import Settings, load_settings
 from features.events import SCHEMA_VERSION, DeviceType, EventType
 from features.semantics import to_us
-from pipelines.eventlog import EVENT_SCHEMA, PARTITION_COLUMN, conform, encode_json, write_parquet
+from pipelines.ingest.eventlog import EVENT_SCHEMA, conform, encode_json, write_parquet
+from pipelines.store.offline import PARTITION
 
 Arr = npt.NDArray[Any]
 
@@ -980,7 +981,7 @@ def replay_batches(source: pa.Table | str | os.PathLike[str], *, batch_size: int
                    for v in ds.get_partition_keys(frag.partition_expression).values()})
     pending: pa.Table | None = None
     for i, day in enumerate(days):
-        table = dataset.to_table(filter=ds.field(PARTITION_COLUMN) == day).drop_columns([PARTITION_COLUMN])
+        table = dataset.to_table(filter=ds.field(PARTITION) == day).drop_columns([PARTITION])
         table = conform(table)
         pending = table if pending is None else pa.concat_tables([pending, table])
         if i + 1 < len(days):
@@ -1003,7 +1004,7 @@ def replay(source: pa.Table | str | os.PathLike[str], *, batch_size: int = 10_00
 
 
 def write_stream(source: pa.Table | str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
-    """The replay as JSON lines (``pipelines.eventlog.encode_json``); returns the number of lines."""
+    """The replay as JSON lines (``pipelines.ingest.eventlog.encode_json``); returns the number of lines."""
     n = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

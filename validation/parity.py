@@ -4,7 +4,7 @@
 raised rates of duplicate, out-of-order and late delivery that crosses midnights
 and a month boundary::
 
-    python -m pipelines.parity --users 300 --days 6
+    python -m validation.parity --users 300 --days 6
 
 What is compared, in the spirit of Chronon's online/offline consistency metrics:
 
@@ -45,6 +45,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from conf.settings import Settings, load_settings
@@ -52,12 +54,19 @@ from features import spec
 from features.reference import Reference
 from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, EventRules
+from pipelines.engine import BuildReport
+from pipelines.ingest.eventlog import read_parquet, table_to_records
+from pipelines.ingest.simulator import write_stream
+from pipelines.store.offline import EVENT_TIMESTAMP, offline_table_path
+from pipelines.store.online import read_online
+from pipelines.store.repo import apply_repo
+from pipelines.store.retrieval import FeastRetrieval
+from pipelines.store.values import nullable_spec_value
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from pipelines.builder import BuildReport
-    from pipelines.bytewax_builder import FeatureRow
+    from pipelines.stream.engine import FeatureRow
 
 FLOAT_TOLERANCE = 1e-9
 Timeline = tuple[list[datetime], list[dict[str, Any]]]
@@ -138,10 +147,8 @@ class ParityReport:
 # ------------------------------------------------------------------------------------------- reading both engines
 def offline_timelines(settings: Settings, view: spec.FeatureView) -> dict[str, Timeline]:
     """A view's Spark offline table as ``key -> (sorted timestamps, rows)``, spec-typed Python values."""
-    from pipelines.spark_builder import EVENT_TIMESTAMP
-
     key = view.entity.join_key
-    table = ds.dataset(str(settings.offline_path / view.name), format="parquet", partitioning="hive").to_table(
+    table = ds.dataset(str(offline_table_path(settings, view)), format="parquet", partitioning="hive").to_table(
         columns=[key, EVENT_TIMESTAMP, *view.feature_names])
     table = table.sort_by([(key, "ascending"), (EVENT_TIMESTAMP, "ascending")])
     out: dict[str, Timeline] = {}
@@ -211,8 +218,6 @@ def _next_midnight(t: datetime) -> datetime:
 
 def parity_end(settings: Settings) -> datetime:
     """Where both engines stop: the UTC midnight after the last arrival in ``settings.events_path``."""
-    import pyarrow.compute as pc
-
     arrivals = ds.dataset(str(settings.events_path), format="parquet", partitioning="hive").to_table(
         columns=["ingest_time"]).column("ingest_time")
     return _next_midnight(pc.max(arrivals).as_py().astimezone(UTC))
@@ -229,17 +234,16 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     the Feast online store under ``settings.data_path``. ``built``: the report of a Spark
     backfill of ``[-inf, parity_end(settings))`` already run on this log (not run again).
     """
-    from pipelines import feast_repo
-    from pipelines.bytewax_builder import (
+    # the engines import pyspark and bytewax: only here, so that importing the comparison rules (``same``,
+    # ``compare_view``) stays quick
+    from pipelines.spark.backfill import SparkBackfill
+    from pipelines.stream.engine import (
         BytewaxFeatureBuilder,
         JsonlReplaySource,
         StreamClock,
         StreamOutputs,
         read_changelog,
     )
-    from pipelines.eventlog import read_parquet, table_to_records
-    from pipelines.simulator import write_stream
-    from pipelines.spark_builder import SparkFeatureBuilder, feast_training_set
 
     seconds: dict[str, float] = {}
     table = read_parquet(settings.events_path)
@@ -248,7 +252,7 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
 
     if built is None:
         t0 = time.perf_counter()
-        spark_report = SparkFeatureBuilder(settings, registry, spark=spark).backfill(None, end)
+        spark_report = SparkBackfill(settings, registry, spark=spark).backfill(None, end)
         seconds["spark"] = round(time.perf_counter() - t0, 2)
         progress(f"   spark: {sum(spark_report.views.values()):,} change points in {seconds['spark']}s")
     else:
@@ -260,7 +264,7 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     for d in (out.changelog_dir, out.drops_dir):
         if d is not None:
             shutil.rmtree(d, ignore_errors=True)
-    store = feast_repo.apply(settings)
+    store = apply_repo(settings)
     t0 = time.perf_counter()
     builder = BytewaxFeatureBuilder(settings, registry, clock=StreamClock(until=end - timedelta(microseconds=1)),
                                     outputs=out)
@@ -294,8 +298,6 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
 
     # Feast online (written by the stream) against Feast offline (get_historical_features over Spark's tables)
     t0 = time.perf_counter()
-    import pandas as pd
-
     at = end - timedelta(microseconds=1)
     feast = {"compared": 0, "mismatched": 0, "keys": 0}
     for view in registry.views:
@@ -306,15 +308,15 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
         if not keys:
             continue
         refs = [f"{view.name}:{n}" for n in view.feature_names]
-        online = feast_repo.read_online(store, refs, [{key: k} for k in keys], registry)
+        online = read_online(store, refs, [{key: k} for k in keys], registry)
         entity_df = pd.DataFrame({key: keys, "event_timestamp": pd.Series([at] * len(keys)).astype(
             "datetime64[us, UTC]")})
-        offline_df = feast_training_set(store, entity_df, refs, registry=registry)
+        offline_df = FeastRetrieval(store, registry).training_set(entity_df, refs)
         feast["keys"] += len(keys)
         for i, row in enumerate(online):
             for f in view.features:
                 value = offline_df[f.name].iloc[i]
-                value = cell_value(value, f)
+                value = nullable_spec_value(f, value)
                 feast["compared"] += 1
                 if not same(row[f.name], value, f.dtype):
                     feast["mismatched"] += 1
@@ -333,27 +335,8 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
                         seconds=seconds, workers=workers)
 
 
-def cell_value(value: Any, f: spec.Feature) -> Any:
-    """A pandas cell as the spec's Python value; a null stays ``None`` (no default), so nulls are seen."""
-    import pandas as pd
-
-    if f.dtype == "array<string>":
-        return None if value is None else [str(v) for v in value]
-    if value is None or (not isinstance(value, list) and pd.isna(value)):
-        return None
-    if f.dtype == "timestamp":
-        return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
-    if f.dtype == "int64":
-        return int(value)
-    if f.dtype == "float64":
-        return float(value)
-    if f.dtype == "bool":
-        return bool(value)
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipelines.parity", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m validation.parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--days", type=int, default=6)
@@ -363,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="default: settings' data_dir/parity-run")
     a = p.parse_args(argv)
     from features.events import parse_time
-    from pipelines.simulator import SimulationConfig, simulate_to_dir
+    from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
 
     base = load_settings()
     data_dir = a.data_dir or base.data_path / "parity-run"
