@@ -1,8 +1,17 @@
 """One typed settings object for jobs, DAGs and services.
 
-Loaded from ``conf/kairos.yaml`` (or the file named by ``KAIROS_CONFIG``), then
-overridden by environment variables ``KAIROS__SECTION__KEY``. Nothing else in
-Kairos reads connection strings or paths from anywhere.
+Loaded from a YAML file, then overridden by environment variables
+``KAIROS__SECTION__KEY``. Nothing else in Kairos reads connection strings or paths
+from anywhere.
+
+Where things are, so that a checkout, an installed wheel and a built bento behave alike:
+
+* **home**: ``KAIROS_HOME`` if set, else the working directory. Relative paths in
+  settings (``data_dir``, ``online_store.path``, a relative sqlite MLflow URI) are
+  resolved against it, never against the source tree.
+* **the YAML file**: ``KAIROS_CONFIG`` if set; else ``<home>/conf/kairos.yaml`` if
+  it exists (a checkout run from its root); else the defaults shipped inside this
+  package (``conf/kairos.yaml``, which a wheel and a bento carry).
 """
 
 from __future__ import annotations
@@ -17,8 +26,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "kairos.yaml"
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "kairos.yaml"  # the embedded defaults, shipped with the package
+
+
+def kairos_home() -> Path:
+    """Where relative paths in settings point: ``KAIROS_HOME``, else the working directory."""
+    return Path(os.environ.get("KAIROS_HOME") or Path.cwd()).resolve()
+
+
+def config_path() -> Path:
+    """The settings file: ``KAIROS_CONFIG``, else ``<home>/conf/kairos.yaml``, else the packaged defaults."""
+    named = os.environ.get("KAIROS_CONFIG")
+    if named:
+        return Path(named)
+    local = kairos_home() / "conf" / "kairos.yaml"
+    return local if local.exists() else PACKAGED_CONFIG
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -207,6 +229,8 @@ class Settings(BaseSettings):
                                       frozen=True)
 
     project: str = "kairos"
+    # relative paths resolve against this (KAIROS_HOME or the working directory when the settings were loaded)
+    home: Path = Field(default_factory=kairos_home)
     data_dir: Path = Path("var/data")
     events: EventSettings = EventSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
@@ -226,13 +250,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = Path(os.environ.get("KAIROS_CONFIG", DEFAULT_CONFIG))
-        return (init_settings, env_settings, _YamlSource(settings_cls, path))
+        return (init_settings, env_settings, _YamlSource(settings_cls, config_path()))
 
     # -- derived paths -------------------------------------------------------------------
     def resolve(self, p: str | Path) -> Path:
+        """``p`` if absolute, else under :attr:`home`."""
         path = Path(p)
-        return path if path.is_absolute() else REPO_ROOT / path
+        return path if path.is_absolute() else self.home / path
 
     @property
     def data_path(self) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from conf.settings import REPO_ROOT, load_settings, parse_duration
+from conf.settings import PACKAGED_CONFIG, config_path, load_settings, parse_duration
 
 
 def test_defaults_are_the_embedded_stack() -> None:
@@ -16,7 +16,30 @@ def test_defaults_are_the_embedded_stack() -> None:
     assert s.spark.master == "local[2]"
     assert s.mlflow.tracking_uri.startswith("sqlite:")
     assert s.events.allowed_lateness == timedelta(hours=1)
-    assert s.data_path == REPO_ROOT / "var" / "data"
+    assert s.data_path == Path.cwd() / "var" / "data"
+
+
+def test_relative_paths_resolve_against_kairos_home_not_the_source_tree(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed wheel or a bento runs outside the checkout: its data is under KAIROS_HOME (or the working
+    directory), and the packaged defaults are found without a conf/ folder there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("KAIROS_HOME", str(home))
+    assert config_path() == PACKAGED_CONFIG  # no conf/kairos.yaml under home: the shipped defaults
+    s = load_settings()
+    assert s.data_path == home / "var" / "data"
+    assert s.online_store_path == home / "var" / "data" / "online.db"
+    assert s.mlflow_tracking_uri.startswith(f"sqlite:///{home}/")
+    monkeypatch.delenv("KAIROS_HOME")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no KAIROS_HOME: the working directory
+    assert load_settings().data_path == elsewhere / "var" / "data"
+    (elsewhere / "conf").mkdir()
+    (elsewhere / "conf" / "kairos.yaml").write_text("data_dir: mine\n")
+    assert config_path() == elsewhere / "conf" / "kairos.yaml"  # a local conf/ wins over the packaged one
+    assert load_settings().data_path == elsewhere / "mine"
 
 
 def test_environment_overrides_nested_values(monkeypatch: pytest.MonkeyPatch) -> None:
