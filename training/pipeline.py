@@ -49,6 +49,7 @@ from pipelines.spark.backfill import SparkBackfill
 from pipelines.spark.retrieval import SparkRetrieval
 from pipelines.spark.session import spark_session
 from training import labels as lbl
+from training.contract import FEATURES_ARTIFACT, ModelContract
 from training.datasets import TrainingFrame, build_training_frame, fingerprint, time_split
 from training.metrics import (
     auc,
@@ -61,10 +62,9 @@ from training.metrics import (
 )
 from training.models import HEURISTICS, fit_heuristic, train_logreg, train_xgboost, user_folds
 from training.registry import (
-    FEATURES_ARTIFACT,
     client_for,
     ensure_experiment,
-    model_features,
+    model_contract,
     register_and_gate,
     registered_model_name,
 )
@@ -248,8 +248,7 @@ def ensure_offline_tables(builder: SparkBackfill, events_dir: Path, progress: Pr
 
 def champion_scorer(client: Any, name: str, test: pd.DataFrame, metric: str) -> Callable[[ModelVersion], float]:
     def score(version: ModelVersion) -> float:
-        contract = model_features(client, version)
-        feats = list(contract["features"])
+        feats = list(model_contract(client, version).features)
         missing = [f for f in feats if f not in test.columns]
         if missing:
             raise LookupError(f"it needs features {missing[:5]} the holdout lacks")
@@ -307,10 +306,10 @@ def train_model(task: Task, settings: Settings, retrieval: SparkRetrieval, event
     client = client_for(settings)
     experiment_id = ensure_experiment(client, settings, task.name)
     name = registered_model_name(settings, task.name)
-    contract = {"model": task.name, "registered_model": name, "feature_service": spec.service.name,
-                "feature_refs": [r for r in spec.service.feature_refs if r.split(":", 1)[1] in features],
-                "features": features, "entity_keys": list(spec.keys), "label": task.label_definition,
-                "dtype": "float64"}
+    contract = ModelContract(
+        model=task.name, registered_model=name, feature_service=spec.service.name,
+        feature_refs=tuple(r for r in spec.service.feature_refs if r.split(":", 1)[1] in features),
+        features=tuple(features), entity_keys=tuple(spec.keys), label=task.label_definition, training_set_sha256=fp)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task.name}-xgboost") as run:
         run_id = run.info.run_id
         mlflow.set_tags({"kairos.model": task.name, "feature_service": spec.service.name,
@@ -360,7 +359,7 @@ def train_model(task: Task, settings: Settings, retrieval: SparkRetrieval, event
 
 
 def _log_artifacts(task: Task, test: pd.DataFrame, y_test: np.ndarray, probs: dict[str, np.ndarray],
-                   xgbm: Any, contract: dict[str, Any], fp: str, fp_columns: list[str], frame: pd.DataFrame,
+                   xgbm: Any, contract: ModelContract, fp: str, fp_columns: list[str], frame: pd.DataFrame,
                    metrics: dict[str, dict[str, float]], oracle_auc: float | None, excluded: dict[str, str],
                    bins: int, docs: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -380,7 +379,7 @@ def _log_artifacts(task: Task, test: pd.DataFrame, y_test: np.ndarray, probs: di
                           d / "plots" / "shap_summary.png", f"SHAP summary (TreeSHAP), holdout: {title}")
         mean_abs = dict(zip(xgbm.features, np.abs(contribs).mean(axis=0).round(6).tolist(), strict=True))
         files = {
-            FEATURES_ARTIFACT: contract,
+            FEATURES_ARTIFACT: contract.to_json(),
             "feature_importance.json": dict(sorted(importance.items(), key=lambda kv: -kv[1])),
             "shap_mean_abs.json": dict(sorted(mean_abs.items(), key=lambda kv: -kv[1])),
             "metrics.json": {"holdout": metrics, "oracle_auc": oracle_auc, "xgboost_cv": xgbm.cv,

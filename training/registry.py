@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import mlflow
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from conf.settings import Settings
+from training.contract import FEATURES_ARTIFACT, ModelContract
 
 CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
-FEATURES_ARTIFACT: Final = "features.json"
 TAG_DECISION: Final = "promotion_decision"
 TAG_REASON: Final = "promotion_reason"
 
@@ -99,15 +100,14 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
         return None
 
 
-def model_features(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
-    """The feature contract a version was logged with (``features.json`` of its run)."""
+def model_contract(client: MlflowClient, version: ModelVersion) -> ModelContract:
+    """The contract a version was logged with (``features.json`` of its run)."""
     if version.run_id is None:
         raise ValueError(f"model version {version.version} has no run")
     path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=FEATURES_ARTIFACT,
                                                tracking_uri=client.tracking_uri)
     with open(path, encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
-    return data
+        return ModelContract.from_json(json.load(fh))
 
 
 # A champion scorer gets the champion's version and returns its metric on the holdout, or raises
@@ -157,14 +157,19 @@ class LoadedModel:
 
     name: str
     version: str
-    features: list[str]
-    feature_service: str
+    contract: ModelContract
     pyfunc: Any
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.contract.features)
+
+    @property
+    def feature_service(self) -> str:
+        return self.contract.feature_service
 
     def predict(self, frame: Any) -> Any:
         """Probabilities for the rows of ``frame`` (a DataFrame holding at least the contract's features)."""
-        import numpy as np
-
         missing = [f for f in self.features if f not in frame.columns]
         if missing:
             raise KeyError(f"{self.name} v{self.version} needs features {missing}")
@@ -176,7 +181,5 @@ def load_model(settings: Settings, model: str, alias: str = CHAMPION) -> LoadedM
     client = client_for(settings)
     name = registered_model_name(settings, model)
     version = client.get_model_version_by_alias(name, alias)
-    contract = model_features(client, version)
-    return LoadedModel(name=name, version=str(version.version), features=list(contract["features"]),
-                       feature_service=str(contract["feature_service"]),
+    return LoadedModel(name=name, version=str(version.version), contract=model_contract(client, version),
                        pyfunc=mlflow.pyfunc.load_model(f"models:/{name}@{alias}"))

@@ -51,12 +51,13 @@ import pyarrow.dataset as ds
 
 from conf.settings import Settings, load_settings
 from features import spec
+from features.events import parse_time
 from features.reference import Reference
 from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, EventRules
 from pipelines.engine import BuildReport
 from pipelines.ingest.eventlog import read_parquet, table_to_records
-from pipelines.ingest.simulator import write_stream
+from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir, write_stream
 from pipelines.store.offline import EVENT_TIMESTAMP, offline_table_path
 from pipelines.store.online import read_online
 from pipelines.store.repo import apply_repo
@@ -345,9 +346,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--reference-keys", type=int, default=200, help="keys per view checked against the reference")
     p.add_argument("--data-dir", type=Path, default=None, help="default: settings' data_dir/parity-run")
     a = p.parse_args(argv)
-    from features.events import parse_time
-    from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
-
     base = load_settings()
     data_dir = a.data_dir or base.data_path / "parity-run"
     online = base.online_store.model_dump()

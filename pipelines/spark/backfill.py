@@ -51,7 +51,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 from pyspark import StorageLevel
-from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -69,19 +68,9 @@ from pipelines.store.offline import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PARTITIO
 from pipelines.store.offline import offline_schema as arrow_schema
 
 DEAD_LETTER_TABLE = "spark_events"
+COLLIDED = "_collided"  # the aggregation's column for an owner-rule collision (features.state.Owner)
 INVALID = "invalid"
 _OUT_BATCH_ROWS = 10_000
-
-
-class _SetParam(AccumulatorParam[set[str]]):  # type: ignore[misc]
-    """A Spark accumulator of a set: executors add the ids they saw, the driver reads their union."""
-
-    def zero(self, value: set[str]) -> set[str]:
-        return set()
-
-    def addInPlace(self, value1: set[str], value2: set[str]) -> set[str]:
-        value1 |= value2
-        return value1
 
 
 def _observed(observation: Observation) -> dict[str, Any]:
@@ -130,8 +119,9 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
         self.end: datetime | None = None
         self.dead_letters: dict[str, int] = {}
         self._persisted: list[DataFrame] = []
-        # the events the owner rule left out of a view (features.state.Owner), gathered from the executors
-        self._session_collisions: Accumulator[set[str]] = self.spark.sparkContext.accumulator(set(), _SetParam())
+        # the events the owner rule left out of a view (features.state.Owner), as "owner|event_id": they come
+        # back from the executors as rows of the aggregation (COLLIDED), so no accumulator (Spark Connect has none)
+        self._session_collisions: set[str] = set()
 
     # -- inputs --------------------------------------------------------------------------------
     def context(self) -> timedelta:
@@ -319,12 +309,14 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
         key = view.entity.join_key
         start, end = self.start, self.end
         until = end - timedelta(microseconds=1) if end is not None else None
-        batch_schema = arrow_schema(view)
+        # the table's columns, all nullable, plus COLLIDED: a row with it set is an owner-rule collision, not a
+        # change point, and never reaches the table (write)
+        batch_schema = pa.schema([*(f.with_nullable(True) for f in arrow_schema(view)),
+                                  pa.field(COLLIDED, pa.string())])
         owned = view.entity.owner is not None
         # the owner rule's collisions (features.state.Owner) as (owner, event_id), counted by the interval their
         # arrival falls in: the owner rule decides at arrival, and only the run whose keys hold the arrival
         # (ingest_time < end) sees it, so by event_time one arriving after its interval's end would be in no count
-        collisions = self._session_collisions
         owner_field = view.entity.owner.join_key if view.entity.owner is not None else ""
 
         def rows_of(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -333,9 +325,9 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
             for t, values in sweep(view, events, until=until, collided=collided if owned else None):
                 if start is None or t >= start:
                     yield {key: k, EVENT_TIMESTAMP: t, CREATED_TIMESTAMP: t, **values}
-            mine = {f"{e[owner_field]}|{e['event_id']}" for e in collided if start is None or e["ingest_time"] >= start}
-            if mine:
-                collisions.add(mine)
+            for e in collided:
+                if start is None or e["ingest_time"] >= start:
+                    yield {key: k, COLLIDED: f"{e[owner_field]}|{e['event_id']}"}
 
         def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             current: list[dict[str, Any]] = []
@@ -354,30 +346,43 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
             if out:
                 yield pa.RecordBatch.from_pylist(out, schema=batch_schema)
 
-        return keyed.mapInArrow(run, offline_schema(view))
+        schema = T.StructType([*(T.StructField(f.name, f.dataType, True) for f in offline_schema(view).fields),
+                               T.StructField(COLLIDED, T.StringType(), True)])
+        return keyed.mapInArrow(run, schema)
 
     def write(self, step: Step, rows: DataFrame) -> int:
         """Replace the interval's days of the view's offline table; return the rows written."""
         (view,) = step.views
         out = rows.withColumn(PARTITION, F.date_format(F.col(EVENT_TIMESTAMP), "yyyy-MM-dd"))
-        return self._replace_partitions(out, str(offline_table_path(self.settings, view)))
+        return self._replace_partitions(out, str(offline_table_path(self.settings, view)), collided=COLLIDED)
 
     def finish(self, written: Sequence[tuple[Step, int]], report: BuildReport) -> BuildReport:
         """Spark wrote eagerly: the counts are the writes'; an event left out of several views of an owned
         entity is one collision."""
         for step, rows in written:
             report.views[step.name] = rows
-        report.collisions[Collision.SESSION_ID.value] = len(self._session_collisions.value)
+        report.collisions[Collision.SESSION_ID.value] = len(self._session_collisions)
         return report
 
     # -- partition plumbing --------------------------------------------------------------------
-    def _replace_partitions(self, df: DataFrame, path: str) -> int:
-        """Dynamic partition overwrite, then delete the interval's days that got no rows."""
+    def _replace_partitions(self, df: DataFrame, path: str, *, collided: str | None = None) -> int:
+        """Dynamic partition overwrite, then delete the interval's days that got no rows.
+
+        With ``collided``, rows where that column is set are not written: their values are gathered into
+        the session collisions, by the same observation that counts the written rows (one pass)."""
         observation = Observation(f"write_{id(df)}")
-        observed = df.observe(observation, F.count(F.lit(1)).alias("rows"), F.collect_set(PARTITION).alias("days"))
+        kept = F.col(collided).isNull() if collided else F.lit(True)
+        metrics_columns = [F.count(F.when(kept, 1)).alias("rows"),
+                           F.collect_set(F.when(kept, F.col(PARTITION))).alias("days")]
+        if collided:
+            metrics_columns.append(F.collect_set(collided).alias("collided"))
+        observed = df.observe(observation, *metrics_columns)
+        if collided:
+            observed = observed.where(kept).drop(collided)
         (observed.repartition(PARTITION).write.mode("overwrite").partitionBy(PARTITION)
          .option("partitionOverwriteMode", "dynamic").parquet(path))
         metrics = _observed(observation)
+        self._session_collisions.update(metrics.get("collided") or [])
         if self.start is not None and self.end is not None:
             written = set(metrics.get("days") or [])
             self._delete_partitions(path, [d for d in _days(self.start, self.end) if d not in written])
@@ -409,7 +414,7 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
             raise ValueError(f"empty interval [{start}, {end})")
         self.start, self.end = start, end
         t0 = time.perf_counter()
-        self._session_collisions = self.spark.sparkContext.accumulator(set(), _SetParam())
+        self._session_collisions = set()
         try:
             report = self.materialize(events_path, views)
         finally:

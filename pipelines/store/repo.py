@@ -94,6 +94,7 @@ def batch_source(settings: Settings, view: spec.FeatureView) -> DataSource:
         "owner": view.owner,
     }
     if settings.offline_store.type == "spark":
+        # Feast's Spark source imports pyspark: only for the spark offline store, so a file store starts quickly
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
         with warnings.catch_warnings():  # "experimental": it is what Feast's Spark offline store reads

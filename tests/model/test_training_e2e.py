@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from features.registry import REGISTRY
 from tests.model.conftest import Trained, model_settings
+from training.contract import ModelContract
 from training.datasets import model_features
 from training.pipeline import CHURN, PURCHASE, SCORERS, train_all
 from training.registry import CHALLENGER, CHAMPION, TAG_DECISION, TAG_REASON, client_for, experiment_name
@@ -71,6 +72,8 @@ def test_mlflow_holds_params_metrics_artifacts_and_the_feature_contract(trained:
             run_id=r.run_id, artifact_path="features.json", tracking_uri=s.mlflow_tracking_uri)).read_text())
         assert contract["feature_service"] == r.feature_service and contract["features"] == r.features
         assert all(ref.split(":")[1] in r.features for ref in contract["feature_refs"])
+        typed = ModelContract.from_json(contract)  # the artifact is the typed contract serving reads
+        assert typed.training_set_sha256 == r.fingerprint and list(typed.features) == r.features
         version = client.get_model_version_by_alias(r.registered_model, CHAMPION)
         assert str(version.version) == r.version and version.run_id == r.run_id
         assert str(client.get_model_version_by_alias(r.registered_model, CHALLENGER).version) == r.version
