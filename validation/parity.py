@@ -310,7 +310,7 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
             continue
         refs = [f"{view.name}:{n}" for n in view.feature_names]
         online = read_online(store, refs, [{key: k} for k in keys], registry)
-        entity_df = pd.DataFrame({key: keys, "event_timestamp": pd.Series([at] * len(keys)).astype(
+        entity_df = pd.DataFrame({key: keys, EVENT_TIMESTAMP: pd.Series([at] * len(keys)).astype(
             "datetime64[us, UTC]")})
         offline_df = FeastRetrieval(store, registry).training_set(entity_df, refs)
         feast["keys"] += len(keys)

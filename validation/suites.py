@@ -21,9 +21,7 @@ from great_expectations.expectations.expectation import Expectation
 from features.events import ALL_FIELDS, MAX_CLOCK_SKEW, REQUIRED_COMMON
 from features.registry import REGISTRY, Registry
 from features.spec import Feature, FeatureView
-
-EVENT_TIMESTAMP = "event_timestamp"
-CREATED_TIMESTAMP = "created_timestamp"
+from pipelines.store.offline import EVENT_TIMESTAMP
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,8 @@ def raw_events_suite(now: datetime | None = None) -> Suite:
     return Suite(name="raw_events", expectations=tuple(exps))
 
 
-def _feature_expectations(f: Feature) -> list[Expectation]:
+def feature_expectations(f: Feature) -> list[Expectation]:
+    """The expectations a feature's spec implies for its column: nullability, dtype family, bounds."""
     exps: list[Expectation] = []
     if not f.nullable:
         exps.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=f.name))
@@ -86,7 +85,7 @@ def feature_table_suite(view: FeatureView) -> Suite:
         gx.expectations.ExpectColumnValuesToNotBeNull(column=EVENT_TIMESTAMP),
     ]
     for f in view.features:
-        exps.extend(_feature_expectations(f))
+        exps.extend(feature_expectations(f))
     return Suite(name=f"features.{view.name}", expectations=tuple(exps))
 
 

@@ -31,8 +31,9 @@ import pandas as pd
 from great_expectations.expectations.expectation import Expectation
 
 from features.spec import Feature, FeatureService, FeatureView
+from pipelines.store.offline import EVENT_TIMESTAMP
 from validation.run import DataValidationError, Failure, ValidationOutcome, validate_frame
-from validation.suites import EVENT_TIMESTAMP, Suite, _feature_expectations
+from validation.suites import Suite, feature_expectations
 
 DECISION_TIME: Final = "decision_time"
 LABEL: Final = "label"
@@ -102,7 +103,7 @@ def training_set_suite(spec: TrainingSetSpec) -> Suite:
     for c in spec.timestamp_columns:
         exps.append(gx.expectations.ExpectColumnValuesToBeBetween(column=c + LEAD_SUFFIX, max_value=0.0))
     for f in spec.features:
-        for e in _feature_expectations(f):
+        for e in feature_expectations(f):
             if isinstance(e, gx.expectations.ExpectColumnValuesToNotBeNull) and spec.max_null_rate > 0:
                 # the spec's not-null check, relaxed to the model's allowed null rate
                 e = gx.expectations.ExpectColumnValuesToNotBeNull(column=f.name, mostly=1.0 - spec.max_null_rate)

@@ -36,6 +36,12 @@ and the same config writes byte-identical parquet files (see :func:`simulate_to_
 
 Everything inside a block is vectorised with numpy; strings are built by Arrow
 (``take`` from small vocabularies, element-wise joins), never one event at a time.
+
+Why this module is over 600 lines: it is one generative model. The vocabularies,
+the event-type codes, the latent rates and the block generator share their arrays
+and constants, and ``training.labels`` reads the same latent-rate functions as the
+oracle; split apart, one model would be spread over modules that only make sense
+together.
 """
 
 from __future__ import annotations

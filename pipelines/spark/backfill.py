@@ -62,6 +62,7 @@ from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, IdCollisions, from_us
 from features.state import sweep
 from pipelines.engine import BuildReport, MaterializationEngine, Step
+from pipelines.spark.compat import observed_metrics
 from pipelines.spark.schema import EVENT_SPARK_SCHEMA, SPARK_TYPES, arrow_records, offline_schema, read_offline_table
 from pipelines.spark.session import spark_session
 from pipelines.store.offline import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PARTITION, offline_table_path
@@ -71,23 +72,6 @@ DEAD_LETTER_TABLE = "spark_events"
 COLLIDED = "_collided"  # the aggregation's column for an owner-rule collision (features.state.Owner)
 INVALID = "invalid"
 _OUT_BATCH_ROWS = 10_000
-
-
-def _observed(observation: Observation) -> dict[str, Any]:
-    """The observation's metrics; ``{}`` when the plan ran no task at all, so nothing was written.
-
-    When no task reported the metrics, the JVM's metrics row is the empty ``Row`` (no fields, no schema), and
-    PySpark (4.0 to 4.3) fails ``Observation.get`` on it with an assertion in ``PythonSQLUtils.toPyRow``: an
-    interval in which a view has no change point (a quiet hour, a day after every window emptied, a log without
-    commerce events) plans an empty scan of zero partitions. No task means no rows either, so no metrics is
-    exactly 0 rows and no days. The row is read first (it waits for the action, as ``get`` does) and only an
-    empty one is taken as "nothing": any other failure still raises. ``tests/parity/test_spark_reference.py``
-    and ``tests/integration/test_spark_empty_intervals.py`` pin the cases.
-    """
-    jrow = observation._jo.getRow() if observation._jo is not None else None
-    if jrow is not None and jrow.length() == 0:
-        return {}
-    return dict(observation.get)
 
 
 def _midnight_check(bound: datetime | None) -> None:
@@ -381,7 +365,7 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
             observed = observed.where(kept).drop(collided)
         (observed.repartition(PARTITION).write.mode("overwrite").partitionBy(PARTITION)
          .option("partitionOverwriteMode", "dynamic").parquet(path))
-        metrics = _observed(observation)
+        metrics = observed_metrics(observation)
         self._session_collisions.update(metrics.get("collided") or [])
         if self.start is not None and self.end is not None:
             written = set(metrics.get("days") or [])

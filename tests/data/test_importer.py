@@ -19,7 +19,8 @@ import yaml
 import pipelines.ingest.importer as importer_module
 from features.events import EventType, validate_event
 from pipelines.ingest.eventlog import EVENT_SCHEMA, read_parquet
-from pipelines.ingest.importer import ImportConfig, ImportConfigError, ImportSummary, SourceError, import_file, main
+from pipelines.ingest.import_config import ImportConfig, ImportConfigError, SourceError
+from pipelines.ingest.importer import ImportSummary, import_file, main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conf" / "importers" / "retail_transactions.yaml"
