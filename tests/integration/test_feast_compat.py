@@ -49,7 +49,8 @@ def test_the_fast_write_path_stores_what_feasts_public_write_stores(tmp_settings
 
 def _one_row_table(settings: Settings) -> None:
     view = REGISTRY.view("user_commerce")
-    frame = to_frame(view, [{"user_id": "u1", EVENT_TIMESTAMP: T0, "user_purchases_30d": 3}])
+    cold = {f.name: f.default for f in view.features}  # every feature set: the table's columns are not nullable
+    frame = to_frame(view, [{**cold, "user_id": "u1", EVENT_TIMESTAMP: T0, "user_purchases_30d": 3}])
     path = offline_table_path(settings, view) / f"{PARTITION}={T0.date().isoformat()}"
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(frame, schema=offline_schema(view), preserve_index=False),

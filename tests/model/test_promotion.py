@@ -13,11 +13,11 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from tests.model.conftest import model_settings
+from training.contract import FEATURES_ARTIFACT, ModelContract
 from training.pipeline import champion_scorer
 from training.registry import (
     CHALLENGER,
     CHAMPION,
-    FEATURES_ARTIFACT,
     TAG_DECISION,
     TAG_REASON,
     client_for,
@@ -67,7 +67,10 @@ def _log(settings_model: str, experiment_id: str, train: pd.DataFrame, features:
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "nthread": 1},
                         xgb.DMatrix(train[features], label=y), rounds)
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        (tmp / FEATURES_ARTIFACT).write_text(json.dumps({"features": features, "feature_service": "test"}))
+        contract = ModelContract(model=settings_model, registered_model=settings_model, feature_service="test",
+                                 feature_refs=tuple(f"test:{f}" for f in features), features=tuple(features),
+                                 entity_keys=("user_id",), label="signal", training_set_sha256="0" * 64)
+        (tmp / FEATURES_ARTIFACT).write_text(json.dumps(contract.to_json()))
         mlflow.log_artifact(str(tmp / FEATURES_ARTIFACT))
         info = mlflow.xgboost.log_model(booster, name="model", pip_requirements=["xgboost"])
     return run.info.run_id, info.model_uri
