@@ -146,7 +146,7 @@ def test_stream_rows_equal_sweep_and_reference_at_every_change_point(tmp_setting
     assert len(changelog) == checked, "the changelog holds each change point once"
     assert sorted(memory) == sorted(changelog), "the memory sink saw what the changelog holds"
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
-    report = builder.report()
+    report = builder.read_report()
     assert sum(report.views.values()) == checked
 
 
@@ -157,7 +157,7 @@ def test_the_independent_oracles_minimal_logs(tmp_settings: Settings, name: str)
     builder, memory = run_flow(tmp_settings, replay_items(events), batch_size=1)
     assert_matches_reference(memory, events)
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
-    report = builder.report()
+    report = builder.read_report()
     logins = {r.event_timestamp: r.values["user_logins_7d"] for r in memory
               if r.view == "user_account" and r.key in ("u1", "b")}
     if name == "clock_ahead_retry":  # the retry at 13:02 is a duplicate: one login, stamped with the clamped time
@@ -184,7 +184,7 @@ def test_a_shared_session_is_decided_in_arrival_order_whatever_the_batches(tmp_s
     builder, memory = run_flow(tmp_settings, replay_items(events), batch_size=batch_size)
     assert_matches_reference(memory, events)
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
-    assert builder.report().collisions["session_collision"] == 3
+    assert builder.read_report().collisions["session_collision"] == 3
 
 
 def test_bigger_log_on_two_workers_with_tiny_batches(tmp_settings: Settings) -> None:
