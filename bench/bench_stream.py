@@ -64,17 +64,12 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bench.common import PeakRss, percentiles, write_result
 from conf.settings import load_settings
 from pipelines.ingest.eventlog import encode_json
-from pipelines.stream.engine import (
-    BytewaxFeatureBuilder,
-    JsonlReplaySource,
-    StreamClock,
-    StreamOutputs,
-    _JsonlReplayPartition,
-    _validate_one,
-    publish_to_kafka,
-    read_drops,
-    relax_gc,
-)
+from pipelines.ingest.kafka import publish_to_kafka
+from pipelines.stream.changelog import read_drops
+from pipelines.stream.decode import validate_payload
+from pipelines.stream.engine import BytewaxEngine, relax_gc
+from pipelines.stream.sources import JsonlReplayPartition, JsonlReplaySource
+from pipelines.stream.types import StreamClock, StreamOutputs
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -154,7 +149,7 @@ def generate(path: Path, events: int, users: int, *, seed: int = 7,
 
 
 # ------------------------------------------------------------------------------------------- flows
-class _TimedPartition(_JsonlReplayPartition):
+class _TimedPartition(JsonlReplayPartition):
     """Notes the wall time of its first read and of the end of the log (``first_read``, ``last_read`` next to
     ``marker``), so the run is timed from its first read to the process exit, and the tail after the log's end
     (the timers' run up to ``until`` at EOF, the sinks' last writes, the exit) is measured apart."""
@@ -241,7 +236,7 @@ def bench_flow(mode: str, path: str, out: str, until: str | None = None) -> Data
         flow = Dataflow(f"bench_{mode}")
         stream = op.input("source", flow, source)
         if mode == "validate":
-            stream = op.map("validate", stream, _validate_one)
+            stream = op.map("validate", stream, validate_payload)
         op.output("null", stream, NullSink())
         return flow
     outputs = StreamOutputs.from_settings(settings, online=mode == "engine+online")
@@ -249,9 +244,9 @@ def bench_flow(mode: str, path: str, out: str, until: str | None = None) -> Data
         from pipelines.store.repo import apply_repo
 
         apply_repo(settings)
-    relax_gc()  # as python -m bytewax.run "pipelines.stream.engine:build_flow(...)" does
+    relax_gc()  # as python -m bytewax.run "pipelines.stream.flow:build_flow(...)" does
     clock = StreamClock(until=datetime.fromisoformat(until) if until else None)
-    return BytewaxFeatureBuilder(settings, outputs=outputs, clock=clock).dataflow(source)
+    return BytewaxEngine(settings, outputs=outputs, clock=clock).dataflow(source)
 
 
 def free_port() -> int:
@@ -405,7 +400,7 @@ def freshness(rate: float, seconds: float, work: Path, *, users: int = 1000, pro
     broker_proc, broker = start_tansu()
     topic = "kairos.events"
     env = dict(os.environ, KAIROS__DATA_DIR=str(data), KAIROS__ONLINE_STORE__PATH=str(data / "online.db"))
-    flow = (f"pipelines.stream.engine:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
+    flow = (f"pipelines.stream.flow:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
             "online=True, changelog='')")
     rng = random.Random(3)
     kinds, weights = zip(*MIX, strict=True)

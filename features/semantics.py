@@ -19,6 +19,7 @@ or when a tile leaves a window: at ``tile_expiry(tile_start)``.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -158,29 +159,76 @@ class IdCollisions:
         self.first = {k: v for k, v in self.first.items() if v[1] >= now}
 
 
+class Admission:
+    """Rules 2-4 for one user's events in arrival order: the stateful admission every engine that admits event by
+    event runs (the reference through :func:`admitted`, the stream per user key).
+
+    :meth:`admit` applies consent and lateness (:meth:`EventRules.drop_reason`), then the first arrival of an
+    ``event_id``: a copy of an admitted id is a duplicate. An admitted id is remembered until
+    :meth:`EventRules.forget_after` of its copy; once an arrival passes that, the id is forgotten (every copy
+    arriving later is late anyway, which rule 3 decides first), so a user's state stays bounded and
+    ``seen`` empty means nothing is left to remember. ``seen`` maps an id to its forget-after time; it is the
+    state to save, and ``Admission(rules, seen)`` restores it.
+    """
+
+    __slots__ = ("drop_reason", "forget_after", "heap", "seen")
+
+    def __init__(self, rules: EventRules, seen: dict[str, datetime] | None = None) -> None:
+        # bound once: admit runs per event
+        self.drop_reason = rules.drop_reason
+        self.forget_after = rules.forget_after
+        self.seen: dict[str, datetime] = {} if seen is None else seen  # event_id -> forget after
+        self.heap = [(t, i) for i, t in self.seen.items()]  # (forget after, event_id), soonest first
+        heapq.heapify(self.heap)
+
+    def admit(self, event: Mapping[str, Any]) -> Drop | None:
+        """Why ``event`` does not count (None: admitted); then forget the ids no copy arriving from now can be."""
+        reason = self.drop_reason(event)
+        seen = self.seen
+        eid = event["event_id"]
+        if reason is None:
+            if eid in seen:
+                reason = Drop.DUPLICATE
+            else:
+                forget = self.forget_after(event)  # a copy may carry an unclamped, later event_time (id_retention)
+                seen[eid] = forget
+                heapq.heappush(self.heap, (forget, eid))
+        heap = self.heap
+        now = event["ingest_time"]
+        while heap and heap[0][0] < now:  # ids whose copies arriving from now on are late anyway
+            seen.pop(heapq.heappop(heap)[1], None)
+        return reason
+
+    def forget(self, limit: datetime | None) -> None:
+        """Forget the ids whose copies arriving after ``limit`` would be late anyway (all if ``None``)."""
+        heap, seen = self.heap, self.seen
+        while heap and (limit is None or heap[0][0] < limit):
+            seen.pop(heapq.heappop(heap)[1], None)
+
+
 def admitted(
     events: Iterable[Mapping[str, Any]], rules: EventRules, drops: dict[Drop, int] | None = None,
     collisions: dict[Collision, int] | None = None,
 ) -> Iterator[Mapping[str, Any]]:
-    """Events that count, in arrival order: rules 2-4 applied (the first arrival of a user's id wins).
+    """Events that count, in arrival order: rules 2-4 applied by one :class:`Admission` per user.
 
     Rules 2 and 3 come first, so a duplicate is the first arrival among the copies that pass consent and
     lateness (copies at the same arrival time are interchangeable: the one first in the input wins). A user's
-    id is remembered forever here; a stream may forget it :meth:`EventRules.forget_after` (every later copy is
-    late). ``collisions`` counts the admitted events whose id another user holds (:class:`IdCollisions`).
+    id is forgotten :meth:`EventRules.forget_after` (every later copy is late, so forgetting changes no
+    answer). ``collisions`` counts the admitted events whose id another user holds (:class:`IdCollisions`).
     """
-    seen: set[tuple[Any, str]] = set()
+    users: dict[Any, Admission] = {}
     ids = IdCollisions(rules)
     for e in sorted(events, key=arrival_order_key):
-        reason = rules.drop_reason(e)
-        key = (e.get("user_id"), e["event_id"])
-        if reason is None and key in seen:
-            reason = Drop.DUPLICATE
+        user = e.get("user_id")
+        admission = users.get(user)
+        if admission is None:
+            admission = users[user] = Admission(rules)
+        reason = admission.admit(e)
         if reason is not None:
             if drops is not None:
                 drops[reason] = drops.get(reason, 0) + 1
             continue
-        seen.add(key)
         if ids.observe(e) and collisions is not None:
             collisions[Collision.EVENT_ID] = collisions.get(Collision.EVENT_ID, 0) + 1
         yield e

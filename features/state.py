@@ -442,6 +442,82 @@ def owner_of(view: FeatureView) -> Owner | None:
     return None if owner is None else Owner(owner.join_key, frozenset(view.event_types()))
 
 
+class Stepper:
+    """The change-point loop of one key, written once: :func:`sweep` and the stream's keyed steps drive it.
+
+    It holds the key's :class:`ViewState`, its owner rule (:class:`Owner`, for views whose keys have one) and
+    its data clock ``now`` (the latest time processed), and appends ``make(change point, row)`` to a list:
+    one per distinct arrival time of an accepted event (stamped with that ``ingest_time``, after the tiles
+    expiring by then are dropped) and one per tile expiry (stamped with the expiry), the rows of
+    ``features/SEMANTICS.md``. :meth:`fold` takes a key's events in arrival order, :meth:`expire` runs its
+    timers to a limit; called batch after batch they emit what one call over all the events would (but a
+    batch ending within one arrival time writes its row, and the next batch's row at that time follows it).
+    ``make`` is bound once per key (the stream's is ``partial(Row, view, key)``): no per-row allocation but
+    the row's own.
+    """
+
+    __slots__ = ("make", "now", "owner", "regressed", "state")
+
+    def __init__(self, state: ViewState, make: Callable[[datetime, tuple[Any, ...]], Any],
+                 owner: Owner | None = None, now: datetime | None = None,
+                 regressed: Callable[[Mapping[str, Any], datetime], None] | None = None) -> None:
+        self.state = state
+        self.make = make
+        self.owner = owner
+        self.now = now  # the key's data clock: the latest time processed
+        # called with an event that arrived behind the clock (a live timer ran ahead of it): it counts from now
+        self.regressed = regressed
+
+    def fold(self, events: Iterable[Mapping[str, Any]], out: list[Any],
+             collided: list[Mapping[str, Any]] | None = None) -> None:
+        """Fold one key's events (arrival order) into its state, appending the change points to ``out``.
+
+        With an owner rule, an event of another owner while the key is held is left out and appended to
+        ``collided``. An event behind the clock is counted from the clock (``regressed`` is told)."""
+        state, owner, make, now = self.state, self.owner, self.make, self.now
+        advance_us, add, next_expiry_us = state.advance_us, state.add, state.next_expiry_us
+        pending: datetime | None = None  # an arrival time whose row is not yet emitted (ties share one row)
+        for e in events:
+            t: datetime = e["ingest_time"]
+            if now is not None and t < now:  # a live wake-up ran ahead of this event
+                if self.regressed is not None:
+                    self.regressed(e, now)
+                t = now
+                e = {**e, "ingest_time": t}
+            if pending is not None and t != pending:
+                out.append(make(pending, state.row()))
+                pending = None
+            t_us = (t - EPOCH) // MICROSECOND
+            nxt = next_expiry_us()
+            if nxt is not None and nxt < t_us:  # the expiries before this arrival are change points of their own
+                last = state.run_expiries(t, False, make, out)
+                if last is not None and (now is None or now < last):
+                    now = last
+            dropped = advance_us(t_us)  # tiles expiring at the arrival itself: its row shows them gone
+            if owner is not None and not owner.admits(state, e):
+                if collided is not None:
+                    collided.append(e)
+                if dropped:
+                    pending = t
+            elif add(e) or dropped:
+                pending = t
+            now = t
+        if pending is not None:
+            out.append(make(pending, state.row()))
+        self.now = now
+
+    def expire(self, limit: datetime | None, out: list[Any]) -> None:
+        """Run the timers up to ``limit`` (inclusive; ``None``: until every window is empty), one change point
+        per distinct expiry time; the clock moves to the last expiry run."""
+        last = self.state.run_expiries(limit, True, self.make, out)
+        if last is not None and (self.now is None or self.now < last):
+            self.now = last
+
+
+def _timed(t: datetime, row: tuple[Any, ...]) -> tuple[datetime, tuple[Any, ...]]:
+    return t, row
+
+
 def sweep(
     view: FeatureView, events: Iterable[Mapping[str, Any]], *, until: datetime | None = None,
     collided: list[Mapping[str, Any]] | None = None,
@@ -452,36 +528,13 @@ def sweep(
     each arrival of an accepted event (once per distinct arrival time) and at each
     tile expiry, up to ``until`` (inclusive) or until every window is empty. For a
     view whose entity has an owner, events of another owner while the key is held
-    (:class:`Owner`) are left out and appended to ``collided``.
+    (:class:`Owner`) are left out and appended to ``collided``. One :class:`Stepper`
+    over all the events, as the stream drives one batch after batch.
     """
-    state = ViewState(view)
-    owner = owner_of(view)
-    pending: datetime | None = None  # arrival time whose row is not yet emitted
-    for e in events:
-        now = e["ingest_time"]
-        if pending is not None and now != pending:
-            yield pending, state.values()
-            pending = None
-        now_us = to_us(now)
-        expiry = state.next_expiry_us()
-        while expiry is not None and expiry < now_us:
-            state.advance_us(expiry)
-            yield _at(expiry), state.values()
-            expiry = state.next_expiry_us()
-        dropped = state.advance_us(now_us)
-        if owner is not None and not owner.admits(state, e):
-            if collided is not None:
-                collided.append(e)
-            if dropped:
-                pending = now
-            continue
-        if state.add(e) or dropped:
-            pending = now
-    if pending is not None:
-        yield pending, state.values()
-    stop = None if until is None else to_us(until)
-    expiry = state.next_expiry_us()
-    while expiry is not None and (stop is None or expiry <= stop):
-        state.advance_us(expiry)
-        yield _at(expiry), state.values()
-        expiry = state.next_expiry_us()
+    stepper = Stepper(ViewState(view), _timed, owner_of(view))
+    out: list[tuple[datetime, tuple[Any, ...]]] = []
+    stepper.fold(events, out, collided)
+    stepper.expire(until, out)
+    names = view.feature_names
+    for t, row in out:
+        yield t, dict(zip(names, row, strict=True))

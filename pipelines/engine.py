@@ -10,8 +10,9 @@ sets) are apart, as Feast keeps ``materialize`` apart from
   Bytewax engine (:mod:`pipelines.stream.engine`: the live stream) implement the
   hooks with their own data structures: a DataFrame per step, or a branch of one
   dataflow. Spark is eager, so its :meth:`~MaterializationEngine.write` already
-  knows how many rows it wrote; the stream's runs when the dataflow runs, in
-  :meth:`~MaterializationEngine.finish`.
+  knows how many rows it wrote; the stream's write gives a handle to the step's
+  sink streams, :meth:`~MaterializationEngine.finish` attaches the sinks, and the
+  rows are counted from the logs once the dataflow has run.
 * :class:`RetrievalEngine` answers "each entity row's features as of its
   timestamp": Spark's as-of join (:mod:`pipelines.spark.retrieval`) and Feast's
   ``get_historical_features`` (:mod:`pipelines.store.retrieval`).
@@ -86,11 +87,13 @@ class MaterializationEngine(ABC, Generic[Source, Events, Keyed, Rows, Written]):
         """Validate, admit, then per step: key, aggregate, write; ``finish`` completes the report."""
         report = BuildReport()
         t0 = time.perf_counter()
+        steps = self.plan(list(views or self.registry.views))
+        self.prepare(steps)
         events = self.admit(self.validate(self.read(source), report), report)
         dropped = ", ".join(f"{k} {v:,}" for k, v in report.dropped.items() if v)
         self.progress(f"validated and admitted events ({time.perf_counter() - t0:.1f}s); not counted: {dropped or '-'}")
         written: list[tuple[Step, Written]] = []
-        for step in self.plan(list(views or self.registry.views)):
+        for step in steps:
             t1 = time.perf_counter()
             out = self.write(step, self.aggregate(step, self.key_by_entity(step, events)))
             written.append((step, out))
@@ -103,6 +106,10 @@ class MaterializationEngine(ABC, Generic[Source, Events, Keyed, Rows, Written]):
     def plan(self, views: Sequence[spec.FeatureView]) -> list[Step]:
         """Which keyed steps serve the views (default: one per view)."""
         return one_step_per_view(views)
+
+    def prepare(self, steps: Sequence[Step]) -> None:
+        """Learn the plan before reading (default: nothing). An engine that wires one graph for every step (the
+        stream, whose admission step also keeps the user-keyed views' state) needs it before :meth:`admit`."""
 
     @abstractmethod
     def read(self, source: Source) -> Events:

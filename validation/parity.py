@@ -67,7 +67,7 @@ from pipelines.store.values import nullable_spec_value
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from pipelines.stream.engine import FeatureRow
+    from pipelines.stream.types import FeatureRow
 
 FLOAT_TOLERANCE = 1e-9
 Timeline = tuple[list[datetime], list[dict[str, Any]]]
@@ -238,13 +238,10 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     # the engines import pyspark and bytewax: only here, so that importing the comparison rules (``same``,
     # ``compare_view``) stays quick
     from pipelines.spark.backfill import SparkBackfill
-    from pipelines.stream.engine import (
-        BytewaxFeatureBuilder,
-        JsonlReplaySource,
-        StreamClock,
-        StreamOutputs,
-        read_changelog,
-    )
+    from pipelines.stream.changelog import read_changelog
+    from pipelines.stream.engine import BytewaxEngine
+    from pipelines.stream.sources import JsonlReplaySource
+    from pipelines.stream.types import StreamClock, StreamOutputs
 
     seconds: dict[str, float] = {}
     table = read_parquet(settings.events_path)
@@ -267,7 +264,7 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
             shutil.rmtree(d, ignore_errors=True)
     store = apply_repo(settings)
     t0 = time.perf_counter()
-    builder = BytewaxFeatureBuilder(settings, registry, clock=StreamClock(until=end - timedelta(microseconds=1)),
+    builder = BytewaxEngine(settings, registry, clock=StreamClock(until=end - timedelta(microseconds=1)),
                                     outputs=out)
     stream_report = builder.run(JsonlReplaySource(replay), workers=workers)
     seconds["bytewax"] = round(time.perf_counter() - t0, 2)

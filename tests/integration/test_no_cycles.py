@@ -18,15 +18,11 @@ from typing import Any
 from bytewax.testing import TestingSource, run_main
 
 from pipelines.ingest.eventlog import encode_json
+from pipelines.ingest.kafka import publish_to_kafka
 from pipelines.store.repo import apply_repo
-from pipelines.stream.engine import (
-    BytewaxFeatureBuilder,
-    StreamClock,
-    StreamOutputs,
-    _relaxed_gc,
-    kafka_source,
-    publish_to_kafka,
-)
+from pipelines.stream.engine import BytewaxEngine, relaxed_gc
+from pipelines.stream.sources import kafka_source
+from pipelines.stream.types import StreamClock, StreamOutputs
 from tests.adversarial import adversarial_log
 from tests.conftest import settings_in
 from tests.integration.test_kafka_stream import broker  # noqa: F401 - the Tansu broker fixture
@@ -42,10 +38,10 @@ def cyclic_garbage_after_run(root: Path, events: int) -> tuple[int, int]:
     items += [(f"log:bad-{i}", "{nope" if i % 2 else encode_json({**log[i], "amount": -5}))
               for i in range(events // 50)]  # dead letters too
     memory: list[Any] = []
-    builder = BytewaxFeatureBuilder(settings, outputs=StreamOutputs.from_settings(settings, online=True, memory=memory))
+    builder = BytewaxEngine(settings, outputs=StreamOutputs.from_settings(settings, online=True, memory=memory))
     flow = builder.dataflow(TestingSource(items, batch_size=64))
     gc.collect()
-    with _relaxed_gc():
+    with relaxed_gc():
         assert not gc.isenabled(), "the dataflow runs without the cyclic collector"
         run_main(flow)
         found = gc.collect()
@@ -69,7 +65,7 @@ def cyclic_garbage_after_kafka_run(brokers: str, root: Path, events: int) -> tup
     assert publish_to_kafka(in_arrival_order(log), brokers, topic, partitions=2) == len(log)
     until = max(e["ingest_time"] for e in log)
     outputs = StreamOutputs.from_settings(settings)
-    builder = BytewaxFeatureBuilder(settings, clock=StreamClock(until=until), outputs=outputs)
+    builder = BytewaxEngine(settings, clock=StreamClock(until=until), outputs=outputs)
     gc.collect()
     gc.disable()  # also around what run() does after the dataflow (its report), until the count below
     try:

@@ -16,7 +16,8 @@ from features.spec import FeatureView
 from features.state import ViewState
 from pipelines.store.online import read_online, write_online
 from pipelines.store.repo import apply_repo
-from pipelines.stream.engine import FeatureRow, _OnlinePartition
+from pipelines.stream.sinks import OnlineWriter
+from pipelines.stream.types import FeatureRow
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 VIEWS = {v.name: v for v in (USER_COMMERCE, SESSION_ACTIVITY)}
@@ -34,7 +35,7 @@ def read(store: Any, view: FeatureView, key: str) -> dict[str, Any]:
 
 def test_only_changed_features_are_written_and_reads_see_the_newest_rows(tmp_settings: Settings) -> None:
     store = apply_repo(tmp_settings)
-    sink = _OnlinePartition(tmp_settings, VIEWS)
+    sink = OnlineWriter(tmp_settings, VIEWS)
     writes: list[tuple[str, list[set[str]]]] = []
     real = sink.write_online
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from conf.settings import Settings
 from pipelines.ingest.eventlog import write_jsonl
-from pipelines.stream.engine import read_changelog, read_drops
+from pipelines.stream.changelog import read_changelog, read_drops
 from tests.adversarial import adversarial_log
 from tests.parity.test_stream_reference import assert_drops_match, assert_matches_reference, in_arrival_order
 
@@ -57,7 +57,7 @@ def test_sigkill_mid_stream_then_resume_loses_nothing_and_counts_nothing_twice(t
     changelog = tmp_settings.data_path / "stream" / "changelog"
 
     def start(rate: float | None) -> subprocess.Popen[str]:
-        flow = f"pipelines.stream.engine:build_flow(path={str(path)!r}, rate={rate!r})"
+        flow = f"pipelines.stream.flow:build_flow(path={str(path)!r}, rate={rate!r})"
         return subprocess.Popen([sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "1", "-b", "0"],
                                 cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)

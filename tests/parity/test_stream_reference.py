@@ -30,20 +30,10 @@ from features.registry import REGISTRY
 from features.semantics import Collision, Drop, EventRules, arrival_order_key
 from features.state import sweep
 from pipelines.ingest.eventlog import encode_json, write_jsonl
-from pipelines.stream.engine import (
-    BytewaxFeatureBuilder,
-    DropRecord,
-    FeatureRow,
-    Row,
-    StreamClock,
-    StreamOutputs,
-    _Drops,
-    _Plan,
-    _UserLogic,
-    _ViewLogic,
-    read_changelog,
-    read_drops,
-)
+from pipelines.stream.changelog import read_changelog, read_drops
+from pipelines.stream.engine import BytewaxEngine
+from pipelines.stream.logic import KeyLogic, StepPlan, UserLogic
+from pipelines.stream.types import Admitted, DropRecord, Drops, FeatureRow, Row, StreamClock, StreamOutputs
 from tests.adversarial import adversarial_log, minimal_logs
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
@@ -122,17 +112,18 @@ def rows_of(emitted: Sequence[Any]) -> list[Row]:
 
 
 def drops_of(emitted: Sequence[Any]) -> list[DropRecord]:
-    return [d for x in emitted if isinstance(x, _Drops) for d in x.records]
+    return [d for x in emitted if isinstance(x, Drops) for d in x.records]
 
 
-def forwards_of(emitted: Sequence[Any]) -> list[Any]:
-    return [x for x in emitted if type(x) is tuple]
+def admitted_of(emitted: Sequence[Any]) -> list[Any]:
+    """The admitted events the admission step emitted for the views routed on."""
+    return [e for x in emitted if isinstance(x, Admitted) for e in x.events]
 
 
 def run_flow(settings: Settings, items: Sequence[Any], *, workers: int = 1, batch_size: int = 50,
-             clock: StreamClock | None = None) -> tuple[BytewaxFeatureBuilder, list[FeatureRow]]:
+             clock: StreamClock | None = None) -> tuple[BytewaxEngine, list[FeatureRow]]:
     memory: list[FeatureRow] = []
-    builder = BytewaxFeatureBuilder(settings, clock=clock,
+    builder = BytewaxEngine(settings, clock=clock,
                                     outputs=StreamOutputs.from_settings(settings, memory=memory))
     flow = builder.dataflow(TestingSource(items, batch_size=batch_size))
     if workers == 1:
@@ -155,7 +146,7 @@ def test_stream_rows_equal_sweep_and_reference_at_every_change_point(tmp_setting
     assert len(changelog) == checked, "the changelog holds each change point once"
     assert sorted(memory) == sorted(changelog), "the memory sink saw what the changelog holds"
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
-    report = builder.report()
+    report = builder.read_report()
     assert sum(report.views.values()) == checked
 
 
@@ -166,7 +157,7 @@ def test_the_independent_oracles_minimal_logs(tmp_settings: Settings, name: str)
     builder, memory = run_flow(tmp_settings, replay_items(events), batch_size=1)
     assert_matches_reference(memory, events)
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
-    report = builder.report()
+    report = builder.read_report()
     logins = {r.event_timestamp: r.values["user_logins_7d"] for r in memory
               if r.view == "user_account" and r.key in ("u1", "b")}
     if name == "clock_ahead_retry":  # the retry at 13:02 is a duplicate: one login, stamped with the clamped time
@@ -193,7 +184,7 @@ def test_a_shared_session_is_decided_in_arrival_order_whatever_the_batches(tmp_s
     builder, memory = run_flow(tmp_settings, replay_items(events), batch_size=batch_size)
     assert_matches_reference(memory, events)
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
-    assert builder.report().collisions["session_collision"] == 3
+    assert builder.read_report().collisions["session_collision"] == 3
 
 
 def test_bigger_log_on_two_workers_with_tiny_batches(tmp_settings: Settings) -> None:
@@ -212,14 +203,14 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("scale", ["-w 2", "2 processes"])
 def test_bytewax_run_cli_on_two_workers_replays_the_file(tmp_settings: Settings, scale: str) -> None:
-    """``python -m bytewax.run pipelines.stream.engine:flow`` over the default replay file, as two worker
+    """``python -m bytewax.run pipelines.stream.flow:flow`` over the default replay file, as two worker
     threads of one process or as two processes (``-i/-a``): items and state cross a process boundary."""
     events = adversarial_log(4, users=5, events=800)
     path = tmp_settings.data_path / "stream.jsonl"  # the settings' default replay file
     write_jsonl(in_arrival_order(events), path)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"event_id": "broken"\n{"schema_version": 1, "event_type": "teleport"}\n')
-    cmd = [sys.executable, "-m", "bytewax.run", "pipelines.stream.engine:flow"]
+    cmd = [sys.executable, "-m", "bytewax.run", "pipelines.stream.flow:flow"]
     if scale == "-w 2":
         commands = [[*cmd, "-w", "2"]]
     else:
@@ -250,7 +241,7 @@ def test_sessions_have_a_keyed_step_of_their_own_and_give_the_same_rows_on_one_w
     for workers in (1, 2):
         settings = settings_in(tmp_path / f"w{workers}")
         memory: list[FeatureRow] = []
-        builder = BytewaxFeatureBuilder(settings, outputs=StreamOutputs.from_settings(settings, memory=memory))
+        builder = BytewaxEngine(settings, outputs=StreamOutputs.from_settings(settings, memory=memory))
         flow = builder.dataflow(TestingSource(replay_items(events), batch_size=40))
         if workers == 1:
             run_main(flow)
@@ -347,17 +338,18 @@ def test_view_state_snapshot_round_trips_and_continues_identically() -> None:
     events = [e for e in in_arrival_order(adversarial_log(7)) if e["user_id"] == "u1"]
     head, tail = events[: len(events) // 2], events[len(events) // 2:]
     views = {view.name: view}
-    a = _ViewLogic(views, StreamClock(), None)
+    a = KeyLogic(views, StreamClock(), None)
     a.on_batch([(view.name, e) for e in head])
-    assert a.state is not None
-    snap, at_head = a.snapshot(), a.state.values()
-    b = _ViewLogic(views, StreamClock(), pickle.loads(pickle.dumps(snap)))
-    assert b.state is not None and b.state.values() == at_head
+    assert a.stepper is not None
+    snap, at_head = a.snapshot(), a.stepper.state.values()
+    b = KeyLogic(views, StreamClock(), pickle.loads(pickle.dumps(snap)))
+    assert b.stepper is not None and b.stepper.state.values() == at_head
     rest_a = a.on_batch([(view.name, e) for e in tail])[0] + a.on_eof()[0]
     rest_b = b.on_batch([(view.name, e) for e in tail])[0] + b.on_eof()[0]
     assert rest_a and rest_a == rest_b
-    c = _ViewLogic(views, StreamClock(), snap)  # the snapshot is a copy: the logic's later progress left it alone
-    assert c.state is not None and c.state.values() == at_head and c.now == head[-1]["ingest_time"]
+    c = KeyLogic(views, StreamClock(), snap)  # the snapshot is a copy: the logic's later progress left it alone
+    assert c.stepper is not None and c.stepper.state.values() == at_head
+    assert c.stepper.now == head[-1]["ingest_time"]
 
 
 def test_a_session_snapshot_keeps_its_owner_and_continues_identically() -> None:
@@ -367,9 +359,9 @@ def test_a_session_snapshot_keeps_its_owner_and_continues_identically() -> None:
     view = REGISTRY.view("session_activity")
     events = [(view.name, e) for e in in_arrival_order(minimal_logs()["session_of_two_users"])[:5]]
     head, tail = events[:2], events[2:]
-    a = _ViewLogic(views, StreamClock(), None)
+    a = KeyLogic(views, StreamClock(), None)
     assert rows_of(a.on_batch(head)[0])
-    b = _ViewLogic(views, StreamClock(), pickle.loads(pickle.dumps(a.snapshot())))
+    b = KeyLogic(views, StreamClock(), pickle.loads(pickle.dumps(a.snapshot())))
     rest_a, rest_b = a.on_batch(tail)[0] + a.on_eof()[0], b.on_batch(tail)[0] + b.on_eof()[0]
     assert rest_a == rest_b
     assert [d.reason for d in drops_of(rest_b)] == ["session_collision", "session_collision"]
@@ -379,9 +371,9 @@ def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None
     """Bytewax asks each key touched in an epoch for a snapshot, recovery or not: a held snapshot keeps the state
     of its moment however the logic goes on, and one nobody holds any more is never pickled."""
     view = REGISTRY.view("user_commerce")
-    plan = _Plan(
+    plan = StepPlan(
         own=((view, view.event_types()),),
-        routes=(),
+        forward=False,
         views={view.name: view},
         rules=RULES,
         clock=StreamClock(),
@@ -390,7 +382,7 @@ def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None
     head, tail = events[: len(events) // 2], events[len(events) // 2 :]
     dumps = 0
 
-    class Counting(_UserLogic):
+    class Counting(UserLogic):
         def dump(self) -> bytes:
             nonlocal dumps
             dumps += 1
@@ -404,7 +396,7 @@ def test_snapshots_are_copied_on_write_only_while_something_holds_them() -> None
     rest = logic.on_batch([(f"q{i}", e) for i, e in enumerate(tail)])[0] + logic.on_eof()[0]
     assert dumps == 1, "the held snapshot was copied once, before the first change"
     assert pickle.dumps(held) == at_head and dumps == 1
-    again = _UserLogic(plan, pickle.loads(at_head))  # resumes from the head: the same rows as the original
+    again = UserLogic(plan, pickle.loads(at_head))  # resumes from the head: the same rows as the original
     assert again.on_batch([(f"q{i}", e) for i, e in enumerate(tail)])[0] + again.on_eof()[0] == rest
 
     dropped = Counting(plan, None)
@@ -419,43 +411,43 @@ def test_at_eof_a_flushed_user_forgets_its_ids_and_is_discarded() -> None:
     """With the EOF flush the key's clock runs to ``until``: ids whose lateness has run out by then go, so a user
     with nothing left is discarded rather than snapshotted."""
     session = REGISTRY.view("session_activity")
-    plan = _Plan(
+    plan = StepPlan(
         own=(),
-        routes=(BytewaxFeatureBuilder.router(session),),
+        forward=True,
         views={session.name: session},
         rules=RULES,
         clock=StreamClock(),
     )
-    logic = _UserLogic(plan, None)
+    logic = UserLogic(plan, None)
     e = make_event("login", user_id="u1", event_time=T0, ingest_delay=timedelta(0))
     assert logic.on_batch([("p1", e)])[1] is False
-    assert logic.on_eof() == ([], True) and not logic.seen
-    bounded = _UserLogic(
-        _Plan(own=(), routes=plan.routes, views=plan.views, rules=RULES, clock=StreamClock(until=T0 + LATENESS / 2)),
+    assert logic.on_eof() == ([], True) and not logic.admission.seen
+    bounded = UserLogic(
+        StepPlan(own=(), forward=plan.forward, views=plan.views, rules=RULES,
+                 clock=StreamClock(until=T0 + LATENESS / 2)),
         None,
     )
     bounded.on_batch([("p1", e)])
-    assert bounded.on_eof() == ([], False) and set(bounded.seen) == {e["event_id"]}, (
+    assert bounded.on_eof() == ([], False) and set(bounded.admission.seen) == {e["event_id"]}, (
         "until the lateness runs out, a copy is still a duplicate"
     )
 
 
 def test_admission_forgets_ids_after_the_allowed_lateness_and_is_discarded_when_empty() -> None:
     session = REGISTRY.view("session_activity")  # admission alone, routing to a view keyed by session
-    plan = _Plan(own=(), routes=(BytewaxFeatureBuilder.router(session),),
-                 views={session.name: session}, rules=RULES, clock=StreamClock())
-    logic = _UserLogic(plan, None)
+    plan = StepPlan(own=(), forward=True, views={session.name: session}, rules=RULES, clock=StreamClock())
+    logic = UserLogic(plan, None)
     first = make_event("login", user_id="u1", event_time=T0, ingest_delay=timedelta(0))
     copy = dict(first, ingest_time=T0 + LATENESS)  # exactly at the limit: still a duplicate
     out, discard = logic.on_batch([("p1", first), ("p2", copy)])
-    assert [e["event_id"] for _, (_, e) in forwards_of(out)] == [first["event_id"]], "admitted once, routed on"
+    assert [e["event_id"] for e in admitted_of(out)] == [first["event_id"]], "admitted once, routed on"
     assert [d.reason for d in drops_of(out)] == ["duplicate"] and drops_of(out)[0].id == "p2" and not discard
     later = make_event("login", user_id="u1", event_time=T0 + 2 * LATENESS, ingest_delay=timedelta(0))
     logic.on_batch([("p3", later)])
-    assert set(logic.seen) == {later["event_id"]}, "ids past their lateness are forgotten"
+    assert set(logic.admission.seen) == {later["event_id"]}, "ids past their lateness are forgotten"
     late_copy = dict(first, ingest_time=T0 + 2 * LATENESS)
     out, _ = logic.on_batch([("p4", late_copy)])
-    assert [d.reason for d in drops_of(out)] == ["late"] and not forwards_of(out)
+    assert [d.reason for d in drops_of(out)] == ["late"] and not admitted_of(out)
     no_consent = make_event("login", user_id="u1", event_time=T0 + 5 * LATENESS, ingest_delay=timedelta(0),
                             consent=False)
     out, discard = logic.on_batch([("p5", no_consent)])

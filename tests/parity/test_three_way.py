@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from conf.settings import Settings
 from features.registry import REGISTRY
 from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
-from pipelines.stream.engine import FeatureRow
+from pipelines.stream.types import FeatureRow
 from validation.parity import ParityReport, compare_view, run_parity, stream_timelines
 
 

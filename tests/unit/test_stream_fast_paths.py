@@ -13,7 +13,7 @@ from features.aggregations import AGGREGATORS, Count, Max, Min, Sum
 from features.events import validate_event
 from features.registry import REGISTRY
 from pipelines.ingest.eventlog import decode_json, encode_json
-from pipelines.stream.engine import _fast_validate, _validate_one
+from pipelines.stream.decode import decode_event, validate_payload
 from tests.adversarial import adversarial_log
 from tests.builders import raw_event
 
@@ -28,7 +28,7 @@ def test_fast_validation_returns_the_record_validate_event_returns() -> None:
     for line in lines:
         record, errors = validate_event(decode_json(line))
         assert not errors
-        fast = _fast_validate(line.encode())
+        fast = decode_event(line.encode())
         assert fast == record and list(fast) == list(record)  # same values, same field order
         assert all(type(fast[k]) is type(record[k]) for k in record)
 
@@ -44,9 +44,9 @@ def test_whatever_the_fast_path_does_not_accept_is_decided_by_validate_event(cha
     raw = {**json.loads(encode_json(raw_event("purchase"))), **change}
     line = json.dumps(raw)
     record, errors = validate_event(decode_json(line))
-    fast = _fast_validate(line)
+    fast = decode_event(line)
     assert fast is None or fast == record, "the fast path accepted something validate_event does not"
-    ok, checked = _validate_one(("log:1", line))
+    ok, checked = validate_payload(("log:1", line))
     if record is None:
         assert not ok and [p[0] for p in checked[2]] == [e.field for e in errors]  # type: ignore[index,misc]
     else:
