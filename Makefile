@@ -21,9 +21,10 @@ help: ## List the commands
 
 install: .venv/.kairos-synced ## Install the locked environment (uv, Python 3.11)
 
-lint: install ## ruff and mypy on the core packages
+lint: install ## ruff, mypy and the import-layer contracts (import-linter, in pyproject.toml)
 	$(RUN) ruff check .
 	$(RUN) mypy
+	$(RUN) lint-imports
 
 test: install lint ## The whole suite: lint, types, unit, data, parity, model, dags and integration tests
 	$(RUN) pytest -q
@@ -56,7 +57,7 @@ bench-stream: install ## Bytewax throughput (1k/100k/1M active users, 1 and 2 wo
 	$(RUN) python -m bench.bench_stream --big-users 1000000
 
 feast-apply: install ## Generate the Feast repo from the specs and run `feast apply`
-	$(RUN) python -m pipelines.store.feast_repo apply
+	$(RUN) python -m pipelines.store.repo apply
 
 backfill: install ## Spark: build every offline table from var/data/events (START=YYYY-MM-DD END=YYYY-MM-DD optional)
 	$(RUN) python -m pipelines.spark.backfill backfill $${START:+--start $$START} $${END:+--end $$END}

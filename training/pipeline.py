@@ -405,7 +405,7 @@ def train_all(settings: Settings, *, events_dir: Path | str | None = None, truth
     events_path = Path(events_dir) if events_dir is not None else settings.events_path
     truth_path = Path(truth_dir) if truth_dir is not None else events_path.parent / "truth"
     if not any(events_path.rglob("*.parquet")):
-        raise FileNotFoundError(f"no event log under {events_path}: simulate first (kairos simulate)")
+        raise FileNotFoundError(f"no event log under {events_path}: simulate first (make simulate)")
     spark = spark or spark_session(settings)
     ensure_offline_tables(SparkBackfill(settings, spark=spark), events_path, progress)
     retrieval = SparkRetrieval(settings, spark=spark)
