@@ -194,7 +194,8 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
     with step("6. Train purchase propensity and churn: XGBoost vs baselines, MLflow, champion/challenger"):
         from training.pipeline import train_all
 
-        trained = train_all(settings, builder=builder, progress=lambda message: print(f"   {message}", flush=True))
+        trained = train_all(settings, spark=builder.spark,
+                            progress=lambda message: print(f"   {message}", flush=True))
         print("   " + "\n   ".join(trained.lines()))
         summary["models"] = {name: {"auc": {k: round(v, 4) for k, v in r.auc.items()}, "alias": r.alias,
                                     "beats_baselines": r.beats_baselines} for name, r in trained.models.items()}
