@@ -59,9 +59,6 @@ from pipelines.engine import BuildReport
 from pipelines.ingest.eventlog import read_parquet, table_to_records
 from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir, write_stream
 from pipelines.store.offline import EVENT_TIMESTAMP, offline_table_path
-from pipelines.store.online import read_online
-from pipelines.store.repo import apply_repo
-from pipelines.store.retrieval import FeastRetrieval
 from pipelines.store.values import nullable_spec_value
 
 if TYPE_CHECKING:
@@ -235,9 +232,12 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     the Feast online store under ``settings.data_path``. ``built``: the report of a Spark
     backfill of ``[-inf, parity_end(settings))`` already run on this log (not run again).
     """
-    # the engines import pyspark and bytewax: only here, so that importing the comparison rules (``same``,
-    # ``compare_view``) stays quick
+    # the engines and Feast import pyspark, bytewax and feast (seconds each): only here, so that importing the
+    # comparison rules (``same``, ``compare_view``), as the tests and the demo do, stays quick
     from pipelines.spark.backfill import SparkBackfill
+    from pipelines.store.online import read_online
+    from pipelines.store.repo import apply_repo
+    from pipelines.store.retrieval import FeastRetrieval
     from pipelines.stream.changelog import read_changelog
     from pipelines.stream.engine import BytewaxEngine
     from pipelines.stream.sources import JsonlReplaySource

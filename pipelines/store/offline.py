@@ -10,13 +10,15 @@ Every engine writes, and Feast reads, one table per feature view at
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conf.settings import Settings
 from features import spec
+
+if TYPE_CHECKING:  # annotations only: the event-log codecs import this module, and need no settings
+    from conf.settings import Settings
 
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
