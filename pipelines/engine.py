@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -36,6 +36,7 @@ from conf.settings import Settings
 from features import spec
 from features.registry import REGISTRY, FeatureSelection, Registry
 from features.semantics import EventRules
+from pipelines.progress import Progress, Silent
 
 Source = TypeVar("Source")  # what the engine reads: a path, a Bytewax source, ...
 Events = TypeVar("Events")  # the engine's collection of events (DataFrame, stream, ...)
@@ -43,9 +44,6 @@ Keyed = TypeVar("Keyed")  # events hashed by a step's key, in arrival order per 
 Rows = TypeVar("Rows")  # the engine's collection of feature rows
 Written = TypeVar("Written")  # what writing rows gives back: a count (eager), a sink handle (lazy)
 Frame = TypeVar("Frame")  # the engine's table of entity rows (Spark or pandas DataFrame)
-
-Progress = Callable[[str], None]
-
 
 @dataclass
 class BuildReport:
@@ -77,11 +75,14 @@ def one_step_per_view(views: Sequence[spec.FeatureView]) -> list[Step]:
 class MaterializationEngine(ABC, Generic[Source, Events, Keyed, Rows, Written]):
     """Events to feature rows, step by step; :meth:`materialize` is the template (engines fill the hooks)."""
 
+    name = "engine"  # how progress names this engine
+    eager = True  # each hook runs as it is called (Spark); a lazy engine (the stream) runs in finish or later
+
     def __init__(self, settings: Settings, registry: Registry = REGISTRY) -> None:
         self.settings = settings
         self.registry = registry
         self.rules = EventRules(allowed_lateness=settings.events.allowed_lateness)
-        self.progress: Progress = lambda _message: None  # e.g. ``print``: one line per finished step
+        self.progress: Progress = Silent()  # a task over the steps, a note per finished step
 
     def materialize(self, source: Source, views: Sequence[spec.FeatureView] | None = None) -> BuildReport:
         """Validate, admit, then per step: key, aggregate, write; ``finish`` completes the report."""
@@ -90,15 +91,21 @@ class MaterializationEngine(ABC, Generic[Source, Events, Keyed, Rows, Written]):
         steps = self.plan(list(views or self.registry.views))
         self.prepare(steps)
         events = self.admit(self.validate(self.read(source), report), report)
+        # a lazy engine only wires its steps here: its progress is its run's (the stream's replay)
+        progress = self.progress if self.eager else Silent()
         dropped = ", ".join(f"{k} {v:,}" for k, v in report.dropped.items() if v)
-        self.progress(f"validated and admitted events ({time.perf_counter() - t0:.1f}s); not counted: {dropped or '-'}")
+        progress.log(f"{self.name}: validated and admitted events ({time.perf_counter() - t0:.1f}s); "
+                     f"not counted: {dropped or '-'}")
         written: list[tuple[Step, Written]] = []
-        for step in steps:
-            t1 = time.perf_counter()
-            out = self.write(step, self.aggregate(step, self.key_by_entity(step, events)))
-            written.append((step, out))
-            done = f"{out:,} change points" if isinstance(out, int) else "planned"  # an eager engine knows its count
-            self.progress(f"{step.name}: {done} ({time.perf_counter() - t1:.1f}s)")
+        with progress.task(f"{self.name} steps", total=len(steps), unit="steps") as task:
+            for step in steps:
+                t1 = time.perf_counter()
+                out = self.write(step, self.aggregate(step, self.key_by_entity(step, events)))
+                written.append((step, out))
+                seconds = time.perf_counter() - t1
+                done = f"{out:,} change points in {seconds:.1f}s ({out / max(seconds, 1e-9):,.0f}/s)" \
+                    if isinstance(out, int) else "planned"
+                task.advance(1, note=f"{step.name}: {done}")
         report = self.finish(written, report)
         report.seconds = time.perf_counter() - t0
         return report

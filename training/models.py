@@ -31,6 +31,7 @@ from training.metrics import auc
 FloatArray = npt.NDArray[np.float64]
 Folds = list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]
 LOGREG_C: Final = (0.01, 0.1, 1.0)
+OnFit = Callable[[float, str], None]  # (fits done, what was fitted): a progress task's ``advance``
 
 
 def matrix(frame: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
@@ -87,8 +88,10 @@ class XGBoostModel:
 
 
 def train_xgboost(frame: pd.DataFrame, label: npt.ArrayLike, features: Sequence[str], folds: Folds,
-                  cfg: XGBoostSettings, *, seed: int) -> XGBoostModel:
-    """Grid over ``max_depth`` x ``min_child_weight``, each cross-validated with early stopping; best CV AUC wins."""
+                  cfg: XGBoostSettings, *, seed: int, on_fit: OnFit | None = None) -> XGBoostModel:
+    """Grid over ``max_depth`` x ``min_child_weight``, each cross-validated with early stopping; best CV AUC wins.
+
+    ``on_fit(folds, note)`` after each grid point's cross-validation (``len(folds)`` fits)."""
     y = np.asarray(label, dtype=float)
     dtrain = xgb.DMatrix(matrix(frame, features), label=y)
     base = {"objective": "binary:logistic", "eta": cfg.learning_rate, "subsample": cfg.subsample,
@@ -106,6 +109,9 @@ def train_xgboost(frame: pd.DataFrame, label: npt.ArrayLike, features: Sequence[
         cv = {"cv_auc": float(last["test-auc-mean"]), "cv_auc_std": float(last["test-auc-std"]),
               "cv_log_loss": float(last["test-logloss-mean"])}
         grid.append({"max_depth": depth, "min_child_weight": mcw, "rounds": rounds, **cv})
+        if on_fit is not None:
+            on_fit(len(folds), f"xgboost depth {depth}, min child weight {mcw}: cv auc {cv['cv_auc']:.4f}, "
+                               f"{rounds} rounds")
         if best is None or cv["cv_auc"] > best[0]:
             best = (cv["cv_auc"], params, rounds, cv)
     assert best is not None, "the xgboost grid is empty"
@@ -140,7 +146,9 @@ def _logreg(c: float, seed: int) -> Pipeline:
 
 
 def train_logreg(frame: pd.DataFrame, label: npt.ArrayLike, features: Sequence[str], folds: Folds, *,
-                 seed: int) -> LogRegModel:
+                 seed: int, on_fit: OnFit | None = None) -> LogRegModel:
+    """``C`` from :data:`LOGREG_C` by cross-validated AUC; ``on_fit(1, note)`` after each fold's fit (the note
+    with the mean AUC after a ``C``'s last fold)."""
     x = matrix(frame, features).to_numpy()
     y = np.asarray(label, dtype=int)
     best_c, best_auc = LOGREG_C[0], -1.0
@@ -150,7 +158,11 @@ def train_logreg(frame: pd.DataFrame, label: npt.ArrayLike, features: Sequence[s
             if len(np.unique(y[tr])) < 2 or len(np.unique(y[va])) < 2:
                 continue
             scores.append(auc(y[va], _logreg(c, seed).fit(x[tr], y[tr]).predict_proba(x[va])[:, 1]))
+            if on_fit is not None and len(scores) < len(folds):
+                on_fit(1, "")
         mean = float(np.mean(scores)) if scores else float("nan")
+        if on_fit is not None and scores:
+            on_fit(1, f"logreg C={c}: cv auc {mean:.4f}")
         if mean > best_auc:
             best_c, best_auc = c, mean
     return LogRegModel(pipeline=_logreg(best_c, seed).fit(x, y), features=list(features), c=best_c, cv_auc=best_auc)

@@ -26,7 +26,6 @@ The event log is read from ``settings.events_path`` and the truth from
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -43,8 +42,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 from pyspark.sql import SparkSession
 
-from conf.settings import ChurnTrainingSettings, ModelTrainingSettings, Settings, load_settings
+from conf.settings import ChurnTrainingSettings, ModelTrainingSettings, Settings
 from features.registry import REGISTRY
+from pipelines.progress import Progress, as_progress
 from pipelines.spark.backfill import SparkBackfill
 from pipelines.spark.retrieval import SparkRetrieval
 from pipelines.spark.session import spark_session
@@ -60,7 +60,7 @@ from training.metrics import (
     plot_roc,
     plot_shap_summary,
 )
-from training.models import HEURISTICS, fit_heuristic, train_logreg, train_xgboost, user_folds
+from training.models import HEURISTICS, LOGREG_C, fit_heuristic, train_logreg, train_xgboost, user_folds
 from training.registry import (
     client_for,
     ensure_experiment,
@@ -70,7 +70,6 @@ from training.registry import (
 )
 from validation.training_suite import TrainingSetSpec, validate_training_set
 
-Progress = Callable[[str], None]
 PURCHASE: Final = "purchase_propensity"
 CHURN: Final = "churn"
 SCORERS: Final = ("xgboost", "logreg", "heuristic")
@@ -242,6 +241,7 @@ def ensure_offline_tables(builder: SparkBackfill, events_dir: Path, progress: Pr
         return
     progress(f"offline tables missing: Spark backfill from {events_dir}")
     t0 = time.perf_counter()
+    builder.progress = progress
     report = builder.backfill(events_path=events_dir)
     progress(f"  built {report.views} in {time.perf_counter() - t0:.1f}s")
 
@@ -290,8 +290,11 @@ def train_model(task: Task, settings: Settings, retrieval: SparkRetrieval, event
              f"rows from {split.test_start:%Y-%m-%d %H:%M}; {len(features)} features"
              + (f" (excluded {sorted(excluded)})" if excluded else ""))
 
-    xgbm = train_xgboost(train, y_train, features, folds, tcfg.xgboost, seed=tcfg.seed)
-    logreg = train_logreg(train, y_train, features, folds, seed=tcfg.seed)
+    grid = len(tcfg.xgboost.max_depth) * len(tcfg.xgboost.min_child_weight)
+    with progress.task(f"{task.name} cross-validation", total=(grid + len(LOGREG_C)) * len(folds),
+                       unit="folds") as fits:
+        xgbm = train_xgboost(train, y_train, features, folds, tcfg.xgboost, seed=tcfg.seed, on_fit=fits.advance)
+        logreg = train_logreg(train, y_train, features, folds, seed=tcfg.seed, on_fit=fits.advance)
     heuristic = fit_heuristic(HEURISTICS[task.name], train, y_train)
     probs = {"xgboost": xgbm.predict_proba(test), "logreg": logreg.predict_proba(test),
              "heuristic": heuristic.predict_proba(test)}
@@ -399,9 +402,14 @@ def _log_artifacts(task: Task, test: pd.DataFrame, y_test: np.ndarray, probs: di
 
 # ------------------------------------------------------------------------------------------------ entry point
 def train_all(settings: Settings, *, events_dir: Path | str | None = None, truth_dir: Path | str | None = None,
-              spark: SparkSession | None = None, progress: Progress = print) -> TrainingReport:
-    """Train both models on the simulated (or imported) event log; see the module docstring."""
+              spark: SparkSession | None = None, progress: Progress | Callable[[str], None] | None = print
+              ) -> TrainingReport:
+    """Train both models on the simulated (or imported) event log; see the module docstring.
+
+    ``progress``: a :class:`~pipelines.progress.Progress` (a task per model's cross-validation folds) or a line
+    callback."""
     t0 = time.perf_counter()
+    progress = as_progress(progress)
     events_path = Path(events_dir) if events_dir is not None else settings.events_path
     truth_path = Path(truth_dir) if truth_dir is not None else events_path.parent / "truth"
     if not any(events_path.rglob("*.parquet")):
@@ -420,22 +428,3 @@ def train_all(settings: Settings, *, events_dir: Path | str | None = None, truth
                for task in tasks(settings)}
     return TrainingReport(models=reports, tracking_uri=settings.mlflow_tracking_uri,
                           seconds=time.perf_counter() - t0)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train, validate, track and promote the Kairos models")
-    p.add_argument("--events", type=Path, help="event log directory (default: settings.events_path)")
-    p.add_argument("--truth", type=Path, help="simulator truth directory (default: truth/ beside the events)")
-    p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    a = p.parse_args(argv)
-    settings = load_settings()
-    report = train_all(settings, events_dir=a.events, truth_dir=a.truth)
-    print()
-    print(report)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report.to_dict(), indent=1, default=str) + "\n")
-
-
-if __name__ == "__main__":
-    main()

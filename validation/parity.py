@@ -4,7 +4,7 @@
 raised rates of duplicate, out-of-order and late delivery that crosses midnights
 and a month boundary::
 
-    python -m validation.parity --users 300 --days 6
+    kairos parity --users 300 --days 6
 
 What is compared, in the spirit of Chronon's online/offline consistency metrics:
 
@@ -31,33 +31,30 @@ runs its timers up to ``end`` minus one microsecond. The JSON report lands in
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import json
 import math
 import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from conf.settings import Settings, load_settings
+from conf.settings import Settings
 from features import spec
-from features.events import parse_time
 from features.reference import Reference
 from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, EventRules
 from pipelines.engine import BuildReport
 from pipelines.ingest.eventlog import read_parquet, table_to_records
-from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir, write_stream
+from pipelines.ingest.simulator import write_stream
+from pipelines.progress import Progress, as_progress
 from pipelines.store.offline import EVENT_TIMESTAMP, offline_table_path
 from pipelines.store.values import nullable_spec_value
 
@@ -224,13 +221,16 @@ def parity_end(settings: Settings) -> datetime:
 def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: BuildReport | None = None,
                workers: int = 1,
                reference_keys: int | None = 200, feast_keys: int | None = 300, seed: int = 7,
-               registry: Registry = REGISTRY, progress: Callable[[str], None] = print) -> ParityReport:
+               registry: Registry = REGISTRY, progress: Progress | Callable[[str], None] | None = print
+               ) -> ParityReport:
     """Run the three implementations on ``settings.events_path`` and compare them (see the module docstring).
 
     ``reference_keys`` / ``feast_keys``: keys per view checked against the reference /
     read from Feast (``None``: all). Writes Spark's offline tables, the stream's logs and
     the Feast online store under ``settings.data_path``. ``built``: the report of a Spark
     backfill of ``[-inf, parity_end(settings))`` already run on this log (not run again).
+    ``progress``: a :class:`~pipelines.progress.Progress` (tasks for the replay and the comparisons) or a line
+    callback.
     """
     # the engines and Feast import pyspark, bytewax and feast (seconds each): only here, so that importing the
     # comparison rules (``same``, ``compare_view``), as the tests and the demo do, stays quick
@@ -243,6 +243,7 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     from pipelines.stream.sources import JsonlReplaySource
     from pipelines.stream.types import StreamClock, StreamOutputs
 
+    report = as_progress(progress)
     seconds: dict[str, float] = {}
     table = read_parquet(settings.events_path)
     end = parity_end(settings)
@@ -250,9 +251,11 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
 
     if built is None:
         t0 = time.perf_counter()
-        spark_report = SparkBackfill(settings, registry, spark=spark).backfill(None, end)
+        backfill = SparkBackfill(settings, registry, spark=spark)
+        backfill.progress = report
+        spark_report = backfill.backfill(None, end)
         seconds["spark"] = round(time.perf_counter() - t0, 2)
-        progress(f"   spark: {sum(spark_report.views.values()):,} change points in {seconds['spark']}s")
+        report.log(f"   spark: {sum(spark_report.views.values()):,} change points in {seconds['spark']}s")
     else:
         spark_report, seconds["spark"] = built, round(built.seconds, 2)
 
@@ -266,12 +269,13 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     t0 = time.perf_counter()
     builder = BytewaxEngine(settings, registry, clock=StreamClock(until=end - timedelta(microseconds=1)),
                                     outputs=out)
-    stream_report = builder.run(JsonlReplaySource(replay), workers=workers)
+    with report.task("bytewax replay", total=n, unit="events") as task:
+        stream_report = builder.run(JsonlReplaySource(replay, on_batch=task.advance), workers=workers)
     seconds["bytewax"] = round(time.perf_counter() - t0, 2)
     assert out.changelog_dir is not None
     changelog = read_changelog(out.changelog_dir, registry)
-    progress(f"   bytewax ({workers} worker{'s' if workers > 1 else ''}): {n:,} events, {len(changelog):,} rows "
-             f"in {seconds['bytewax']}s")
+    report.log(f"   bytewax ({workers} worker{'s' if workers > 1 else ''}): {n:,} events, {len(changelog):,} rows "
+               f"in {seconds['bytewax']}s")
 
     t0 = time.perf_counter()
     records = table_to_records(table)
@@ -279,48 +283,53 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     stream = stream_timelines(changelog)
     rng = random.Random(seed)
     features: list[FeatureParity] = []
-    for view in registry.views:
-        offline = offline_timelines(settings, view)
-        mine = {k: tl for (v, k), tl in stream.items() if v == view.name}
-        keys = sorted(mine)
-        checked = set(keys if reference_keys is None or len(keys) <= reference_keys
-                      else rng.sample(keys, reference_keys))
-        raw_keys = {str(k): k for k in ref.keys(view)}
+    with report.task("compare reference, spark, bytewax", total=len(registry.views), unit="views") as task:
+        for view in registry.views:
+            offline = offline_timelines(settings, view)
+            mine = {k: tl for (v, k), tl in stream.items() if v == view.name}
+            keys = sorted(mine)
+            checked = set(keys if reference_keys is None or len(keys) <= reference_keys
+                          else rng.sample(keys, reference_keys))
+            raw_keys = {str(k): k for k in ref.keys(view)}
 
-        def oracle(key: str, t: datetime, view: spec.FeatureView = view, raw: dict[str, Any] = raw_keys
-                   ) -> dict[str, Any]:
-            return ref.features(view, raw.get(key, key), t)
+            def oracle(key: str, t: datetime, view: spec.FeatureView = view, raw: dict[str, Any] = raw_keys
+                       ) -> dict[str, Any]:
+                return ref.features(view, raw.get(key, key), t)
 
-        features += compare_view(view, mine, offline, oracle, checked)
+            features += compare_view(view, mine, offline, oracle, checked)
+            task.advance(1, note=f"{view.name}: {len(keys):,} keys")
+
     seconds["compare"] = round(time.perf_counter() - t0, 2)
 
     # Feast online (written by the stream) against Feast offline (get_historical_features over Spark's tables)
     t0 = time.perf_counter()
     at = end - timedelta(microseconds=1)
     feast = {"compared": 0, "mismatched": 0, "keys": 0}
-    for view in registry.views:
-        key = view.entity.join_key
-        keys = sorted({k for (v, k) in stream if v == view.name})
-        if feast_keys is not None and len(keys) > feast_keys:
-            keys = sorted(rng.sample(keys, feast_keys))
-        if not keys:
-            continue
-        refs = [f"{view.name}:{n}" for n in view.feature_names]
-        online = read_online(store, refs, [{key: k} for k in keys], registry)
-        entity_df = pd.DataFrame({key: keys, EVENT_TIMESTAMP: pd.Series([at] * len(keys)).astype(
-            "datetime64[us, UTC]")})
-        offline_df = FeastRetrieval(store, registry).training_set(entity_df, refs)
-        feast["keys"] += len(keys)
-        for i, row in enumerate(online):
-            for f in view.features:
-                value = offline_df[f.name].iloc[i]
-                value = nullable_spec_value(f, value)
-                feast["compared"] += 1
-                if not same(row[f.name], value, f.dtype):
-                    feast["mismatched"] += 1
-                    if feast["mismatched"] <= 3:
-                        progress(f"   MISMATCH Feast {view.name}:{f.name} {keys[i]}: online {row[f.name]!r}, "
-                                 f"offline {value!r}")
+    with report.task("compare feast online and offline", total=len(registry.views), unit="views") as task:
+        for view in registry.views:
+            key = view.entity.join_key
+            keys = sorted({k for (v, k) in stream if v == view.name})
+            if feast_keys is not None and len(keys) > feast_keys:
+                keys = sorted(rng.sample(keys, feast_keys))
+            task.advance(1, note=f"{view.name}: {len(keys):,} keys")
+            if not keys:
+                continue
+            refs = [f"{view.name}:{n}" for n in view.feature_names]
+            online = read_online(store, refs, [{key: k} for k in keys], registry)
+            entity_df = pd.DataFrame({key: keys, EVENT_TIMESTAMP: pd.Series([at] * len(keys)).astype(
+                "datetime64[us, UTC]")})
+            offline_df = FeastRetrieval(store, registry).training_set(entity_df, refs)
+            feast["keys"] += len(keys)
+            for i, row in enumerate(online):
+                for f in view.features:
+                    value = offline_df[f.name].iloc[i]
+                    value = nullable_spec_value(f, value)
+                    feast["compared"] += 1
+                    if not same(row[f.name], value, f.dtype):
+                        feast["mismatched"] += 1
+                        if feast["mismatched"] <= 3:
+                            report.log(f"   MISMATCH Feast {view.name}:{f.name} {keys[i]}: online "
+                                       f"{row[f.name]!r}, offline {value!r}")
     seconds["feast"] = round(time.perf_counter() - t0, 2)
 
     ref_drops = {**{d.value: ref.drops.get(d, 0) for d in Drop},
@@ -331,39 +340,3 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
                          if k in ref_drops}}
     return ParityReport(events=table.num_rows, end=end, features=features, drops=drops, feast=feast,
                         seconds=seconds, workers=workers)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m validation.parity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=300)
-    p.add_argument("--days", type=int, default=6)
-    p.add_argument("--start", default="2026-10-28T00:00:00Z", help="crosses the October/November boundary")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--reference-keys", type=int, default=200, help="keys per view checked against the reference")
-    p.add_argument("--data-dir", type=Path, default=None, help="default: settings' data_dir/parity-run")
-    a = p.parse_args(argv)
-    base = load_settings()
-    data_dir = a.data_dir or base.data_path / "parity-run"
-    online = base.online_store.model_dump()
-    if base.online_store.type == "sqlite":  # a store of its own, beside the run's data
-        online["path"] = str(data_dir / "online.db")
-    settings = load_settings(data_dir=data_dir, online_store=online)
-    shutil.rmtree(settings.data_path, ignore_errors=True)
-    cfg = SimulationConfig.from_settings(settings, users=a.users, days=a.days, start=parse_time(a.start),
-                                         duplicate_rate=0.05, out_of_order_rate=0.15, late_rate=0.05)
-    sim = simulate_to_dir(cfg, settings.data_path)
-    print(f"== Parity: {sim.rows:,} simulated events ({a.users} users x {a.days} days from {a.start}), injected "
-          + ", ".join(f"{k} {v:,}" for k, v in sim.anomalies.items()))
-    report = run_parity(settings, workers=a.workers, reference_keys=a.reference_keys)
-    print("\n".join(report.lines()))
-    path = settings.data_path / "parity" / "report.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=1, default=str))
-    print(f"\n{report.mismatches} disagreements -> {path}")
-    if report.mismatches:
-        raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -42,10 +42,9 @@ until every window is empty.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from conf.settings import Settings, load_settings
+from conf.settings import Settings
 from features import spec
 from features.events import ALL_FIELDS, MAX_CLOCK_SKEW, REQUIRED_COMMON, EventType
 from features.registry import REGISTRY, Registry
@@ -96,6 +95,8 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
     the hooks are the steps of :meth:`MaterializationEngine.materialize`. After a build,
     :attr:`dead_letters` holds the dead-lettered rows per problem column.
     """
+
+    name = "spark"
 
     def __init__(self, settings: Settings, registry: Registry = REGISTRY, spark: SparkSession | None = None) -> None:
         super().__init__(settings, registry)
@@ -413,26 +414,3 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
     def offline_table(self, view: spec.FeatureView) -> DataFrame:
         """A view's offline table (empty if it was never built)."""
         return read_offline_table(self.spark, self.settings, view)
-
-
-def _midnight(d: date | None) -> datetime | None:
-    return datetime(d.year, d.month, d.day, tzinfo=UTC) if d else None
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Spark feature backfill")
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backfill", help="compute offline tables for [start, end) (UTC dates)")
-    b.add_argument("--start", type=date.fromisoformat)
-    b.add_argument("--end", type=date.fromisoformat)
-    b.add_argument("--view", action="append", help="only these views (repeatable)")
-    a = p.parse_args(argv)
-    engine = SparkBackfill(load_settings())
-    views = [engine.registry.view(n) for n in a.view] if a.view else None
-    report = engine.backfill(_midnight(a.start), _midnight(a.end), views=views)
-    print(f"built {report.views} in {report.seconds:.1f}s; not counted: {report.dropped}; "
-          f"dead letters by problem: {engine.dead_letters}")
-
-
-if __name__ == "__main__":
-    main()

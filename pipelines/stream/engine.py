@@ -14,7 +14,7 @@ and dtypes come from the specs. One dataflow serves every view::
                               meet in one state, for the owner rule)
 
 * **Sources**: a JSON-lines replay (``settings.data_path/stream.jsonl`` by default, in
-  arrival order, as ``python -m pipelines.ingest.simulator --jsonl`` writes it) or a Kafka
+  arrival order, as ``kairos simulate --jsonl`` writes it) or a Kafka
   topic (``bytewax.connectors.kafka``; ``settings.stream.brokers``/``topic``). Every
   item carries its source position (``file:line`` or ``topic:partition:offset``), which
   names dead letters and drops.
@@ -101,7 +101,7 @@ Running it::
     python -m bytewax.run pipelines.stream.flow:flow -w 2
     python -m bytewax.recovery RECOVERY_DIR 1          # once, then run with recovery:
     python -m bytewax.run "pipelines.stream.flow:build_flow(source='kafka')" -r RECOVERY_DIR -s 5 -b 0
-    python -m pipelines.stream.flow report     # rows per view and drops per reason, from the logs
+    kairos stream --report-only     # rows per view and drops per reason, from the logs
 
 The engine's hooks (:class:`pipelines.engine.MaterializationEngine`) map onto this graph
 ----------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -218,6 +218,9 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
     by default), ``outputs`` the sinks (changelog and drops logs by default).
     """
 
+    name = "bytewax"
+    eager = False  # the hooks wire one dataflow; it runs in run()
+
     def __init__(self, settings: Settings, registry: Registry = REGISTRY, *, clock: StreamClock | None = None,
                  outputs: StreamOutputs | None = None, flow_id: str = "kairos_features") -> None:
         super().__init__(settings, registry)
@@ -229,15 +232,17 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         self._built = False
 
     # -- sources ---------------------------------------------------------------------------------
-    def default_source(self, *, path: str | Path | None = None, tail: bool = True, rate: float | None = None) -> Source:
-        """The source the settings name: the replay file, or the Kafka topic."""
+    def default_source(self, *, path: str | Path | None = None, tail: bool = True, rate: float | None = None,
+                       on_batch: Callable[[int], None] | None = None) -> Source:
+        """The source the settings name: the replay file (``on_batch``: see :class:`JsonlReplaySource`), or the
+        Kafka topic."""
         stream = self.settings.stream
         if stream.source == "kafka":
             if not stream.brokers:
                 raise ValueError("stream.brokers is required when stream.source is kafka")
             return kafka_source(stream.brokers, stream.topic, tail=tail, batch_size=stream.batch_size)
         return JsonlReplaySource(path or self.settings.data_path / "stream.jsonl", batch_size=stream.batch_size,
-                                 rate=rate)
+                                 rate=rate, on_batch=on_batch)
 
     # -- hooks -----------------------------------------------------------------------------------
     def plan(self, views: Sequence[FeatureView]) -> list[Step]:
