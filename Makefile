@@ -9,7 +9,8 @@ endif
 RUN := $(UV) run --frozen
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install lint typecheck test unit parity demo bench bench-sim bench-spark bench-stream feast-apply backfill simulate import-example clean
+.PHONY: help install lint test unit parity demo bench bench-sim bench-spark bench-stream apply feast-apply backfill \
+	stream train simulate import-example clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,12 +36,12 @@ unit: install ## Fast unit tests only
 PARITY_USERS ?= 300
 PARITY_DAYS ?= 6
 
-parity: install ## Parity tests, then a per-feature report: reference vs Spark vs Bytewax vs Feast (PARITY_USERS, PARITY_DAYS)
+parity: install ## Parity tests, then `kairos parity`: reference vs Spark vs Bytewax vs Feast per feature (PARITY_USERS, PARITY_DAYS)
 	$(RUN) pytest -q tests/parity
-	$(RUN) python -m validation.parity --users $(PARITY_USERS) --days $(PARITY_DAYS)
+	$(RUN) kairos parity --users $(PARITY_USERS) --days $(PARITY_DAYS)
 
-demo: install ## The main job end to end on the embedded defaults (SQLite, local parquet)
-	$(RUN) python -m kairos.demo
+demo: install ## `kairos demo`: the main job end to end on the embedded defaults (SQLite, local parquet)
+	$(RUN) kairos demo
 
 BENCH_EVENTS ?= 10000000
 BENCH_ROWS ?= 1000000
@@ -56,17 +57,25 @@ bench-spark: install ## Spark build of BENCH_EVENTS events and a BENCH_ROWS trai
 bench-stream: install ## Bytewax throughput (1k/100k/1M active users, 1 and 2 workers) and freshness into Feast
 	$(RUN) python -m bench.bench_stream --big-users 1000000
 
-feast-apply: install ## Generate the Feast repo from the specs and run `feast apply`
-	$(RUN) python -m pipelines.store.repo apply
+apply: install ## `kairos apply`: generate the Feast repo from the specs and run `feast apply`
+	$(RUN) kairos apply
 
-backfill: install ## Spark: build every offline table from var/data/events (START=YYYY-MM-DD END=YYYY-MM-DD optional)
-	$(RUN) python -m pipelines.spark.backfill backfill $${START:+--start $$START} $${END:+--end $$END}
+feast-apply: apply ## The same as `make apply`
 
-simulate: install ## Simulate an event log into var/data/events (USERS=2000 DAYS=14)
-	$(RUN) python -m pipelines.ingest.simulator --users $${USERS:-2000} --days $${DAYS:-14} --out var/data
+backfill: install ## `kairos backfill`: Spark builds every offline table from var/data/events (START=, END=: YYYY-MM-DD)
+	$(RUN) kairos backfill $${START:+--start $$START} $${END:+--end $$END}
 
-import-example: install ## Import the sample retailer export into var/data/imported
-	$(RUN) python -m pipelines.ingest.importer --config conf/importers/retail_transactions.yaml \
+stream: install ## `kairos stream`: Bytewax replays the event log into the changelog and the Feast online store
+	$(RUN) kairos stream
+
+train: install ## `kairos train`: both models on var/data/events, tracked in MLflow, through the promotion gate
+	$(RUN) kairos train
+
+simulate: install ## `kairos simulate`: an event log into var/data/events (USERS=2000 DAYS=14)
+	$(RUN) kairos simulate --users $${USERS:-2000} --days $${DAYS:-14}
+
+import-example: install ## `kairos import`: the sample retailer export into var/data/imported
+	$(RUN) kairos import --mapping conf/importers/retail_transactions.yaml \
 		--input tests/golden/retail_transactions.csv --out var/data/imported
 
 clean: ## Remove generated data (var/) and caches

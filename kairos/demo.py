@@ -1,34 +1,39 @@
-"""``make demo``: the main job end to end on the embedded defaults.
+"""``kairos demo`` (``make demo``): the main job end to end on the embedded defaults.
 
 Simulate -> validate (dead letters) -> Spark backfill and a point-in-time training
 set (checked against the reference) -> Bytewax replay into the Feast online store
 and batch/stream parity -> an online read through a feature service -> training.
-Each step prints what it did and how long it took.
+Each step reports what it did through a :class:`pipelines.progress.Progress` (bars
+under ``kairos``), and :func:`run` returns a :class:`DemoSummary`: one row per step,
+which :func:`render_summary` draws as the closing table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import shutil
 import time
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
-from conf.settings import Settings, load_settings
+from conf.settings import Settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
 from features.spec import Feature
+from kairos import jobs
+from kairos.progress import LOGS
 from pipelines.ingest.eventlog import DeadLetterStore, read_parquet, table_to_records, validate_records
+from pipelines.progress import Progress
 from pipelines.store.values import nullable_spec_value
 from validation.parity import same
 
@@ -48,12 +53,43 @@ SHOWN_FEATURES = (
 )
 
 
-@contextmanager
-def step(title: str) -> Iterator[None]:
-    print(f"\n== {title}")
-    t0 = time.perf_counter()
-    yield
-    print(f"   ({time.perf_counter() - t0:.1f}s)")
+@dataclass
+class DemoSummary:
+    """One row per step (what it did, how long it took) and the disagreements found on the way."""
+
+    steps: list[tuple[str, str, float]] = field(default_factory=list)
+    events: int = 0
+    dead_lettered: int = 0
+    training_mismatches: int = 0
+    parity_mismatches: int = 0
+    online_mismatches: int = 0
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def agrees(self) -> bool:
+        return not (self.training_mismatches or self.parity_mismatches or self.online_mismatches)
+
+
+class Steps:
+    """Numbered steps: a heading through ``progress``, and a summary row once the step has said what it did."""
+
+    def __init__(self, progress: Progress, console: Console | None, summary: DemoSummary) -> None:
+        self.progress, self.console, self.summary = progress, console, summary
+        self.n = 0
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[list[str]]:
+        self.n += 1
+        if self.console is not None:
+            self.console.rule(f"[bold]{self.n}. {title}", align="left")
+        else:
+            self.progress.log(f"\n== {self.n}. {title}")
+        result: list[str] = []
+        t0 = time.perf_counter()
+        yield result
+        seconds = time.perf_counter() - t0
+        self.progress.log(f"   ({seconds:.1f}s)")
+        self.summary.steps.append((f"{self.n}. {title.split(':')[0]}", "; ".join(result), seconds))
 
 
 def fmt(value: Any) -> str:
@@ -77,57 +113,65 @@ def corrupt_samples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dict[str, Any]:
-    from pipelines.ingest.simulator import SimulationConfig, simulate_to_dir
+def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progress: Progress | None = None,
+        console: Console | None = None) -> DemoSummary:
+    """The demo's steps on ``settings`` (a fresh ``data_dir`` unless ``fresh`` is false); see the module docstring.
 
-    summary: dict[str, Any] = {}
+    ``progress`` shows the long steps (default: lines on stdout); ``console`` draws headings and tables."""
+    progress = progress or Progress()
+    say = progress.log
+    summary = DemoSummary()
+    steps = Steps(progress, console, summary)
     data = settings.data_path
     if fresh and data.exists():
-        shutil.rmtree(data)
+        for child in data.iterdir():  # all but logs/, where the dependencies write during this run
+            if child.name != LOGS:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     data.mkdir(parents=True, exist_ok=True)
 
-    with step(f"1. Simulate {users} users over {days} days"):
-        config = SimulationConfig.from_settings(settings, users=users, days=days)
-        sim = simulate_to_dir(config, data)
-        print(f"   {sim.rows:,} events -> {settings.events_path}  ({sim.rows_per_second:,.0f} events/s)")
-        print("   by type: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sim.by_type.items(), key=lambda kv: -kv[1])))
-        print("   injected: " + ", ".join(f"{k} {v:,}" for k, v in sim.anomalies.items()))
-        summary["events"] = sim.rows
+    with steps.step(f"Simulate {users:,} users over {days} days") as result:
+        sim = jobs.simulate(settings, users=users, days=days)
+        say(f"   {sim.rows:,} events -> {settings.events_path}  ({sim.rows_per_second:,.0f} events/s)")
+        say("   by type: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sim.by_type.items(), key=lambda kv: -kv[1])))
+        say("   injected: " + ", ".join(f"{k} {v:,}" for k, v in sim.anomalies.items()))
+        summary.events = sim.rows
+        result.append(f"{sim.rows:,} events, {sim.sessions:,} sessions; injected "
+                      + ", ".join(f"{v:,} {k}" for k, v in sim.anomalies.items()))
 
-    with step("2. Validate the log and a few broken client events"):
+    with steps.step("Validate the log and a few broken client events") as result:
         records = table_to_records(read_parquet(settings.events_path))
         store = DeadLetterStore(path=settings.dead_letter_path / "demo.jsonl", source="demo")
         good, report = validate_records([*records, *corrupt_samples(records)], store)
-        print(f"   accepted {report.accepted:,}, dead-lettered {report.rejected} -> {store.path}")
+        say(f"   accepted {report.accepted:,}, dead-lettered {report.rejected} -> {store.path}")
         for line in store.path.read_text().splitlines()[-3:]:
             entry = json.loads(line)
             errs = "; ".join(f"{e['field']}: {e['problem']}" for e in entry["errors"])
-            print(f"     {entry['payload'].get('event_id')}: {errs}")
-        summary["dead_lettered"] = report.rejected
+            say(f"     {entry['payload'].get('event_id')}: {errs}")
+        summary.dead_lettered = report.rejected
+        result.append(f"{report.accepted:,} accepted, {report.rejected} dead-lettered with the field named")
 
-    with step("3. Spark: backfill every feature view, then a point-in-time training set"):
-        from pipelines.spark.backfill import SparkBackfill
+    with steps.step("Spark: backfill every feature view, then a point-in-time training set") as result:
         from pipelines.spark.retrieval import SparkRetrieval
         from pipelines.spark.schema import to_pandas
+        from pipelines.spark.session import spark_session
         from validation.parity import parity_end
 
         ref = Reference(good, rules=EventRules(allowed_lateness=settings.events.allowed_lateness))
         end = parity_end(settings)
-        builder = SparkBackfill(settings)
-        builder.progress = lambda message: print(f"   spark: {message}", flush=True)
-        print(f"   spark {settings.spark.master}: building [start of log, {end:%Y-%m-%d %H:%M}) into "
-              f"{settings.offline_path}", flush=True)
-        built = builder.backfill(None, end)
-        print(f"   {sum(built.views.values()):,} change points in {built.seconds:.1f}s "
-              f"({summary['events'] / built.seconds:,.0f} events/s)")
+        say(f"   spark {settings.spark.master}: building [start of log, {end:%Y-%m-%d %H:%M}) into "
+            f"{settings.offline_path}")
+        spark = spark_session(settings)
+        built = jobs.backfill(settings, end=end.date(), progress=progress, spark=spark).report
+        say(f"   {sum(built.views.values()):,} change points in {built.seconds:.1f}s "
+            f"({summary.events / built.seconds:,.0f} events/s)")
         service = REGISTRY.service("purchase_propensity_v1")
         moments = pick_moments(ref)
         entity_df = decision_points(ref, moments, n=2000)
         t0 = time.perf_counter()
-        retrieval = SparkRetrieval(settings, spark=builder.spark)
+        retrieval = SparkRetrieval(settings, spark=spark)
         training = to_pandas(retrieval.training_set(entity_df, service)).sort_values("qid").reset_index(drop=True)
-        print(f"   training set: {len(training):,} decision points x {len(service.feature_refs)} features of "
-              f"'{service.name}', as of each point, in {time.perf_counter() - t0:.1f}s")
+        say(f"   training set: {len(training):,} decision points x {len(service.feature_refs)} features of "
+            f"'{service.name}', as of each point, in {time.perf_counter() - t0:.1f}s")
         served = {f.name: f for v in service.views for f in v.features}
         checked = [spec_row(r, served) for r in training.head(len(moments) + 300).to_dict("records")]
         names = list(served)
@@ -136,44 +180,53 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
                                             r["event_timestamp"].to_pydatetime())]
                for n in names if not same(r[n], want[n], served[n].dtype)]
         for who, name, got, want in bad[:5]:
-            print(f"   MISMATCH {who} {name}: spark {got!r}, reference {want!r}")
-        print(f"   {len(checked)} rows x {len(names)} features checked: {len(bad)} mismatches against the reference")
-        summary["training_mismatches"] = len(bad)
+            say(f"   MISMATCH {who} {name}: spark {got!r}, reference {want!r}")
+        say(f"   {len(checked)} rows x {len(names)} features checked: {len(bad)} mismatches against the reference")
+        summary.training_mismatches = len(bad)
         rows = checked[:len(moments)]
-        print(f"\n   {'':40s} " + "  ".join(f"{r['who']:>22s}" for r in rows))
-        print(f"   {'as of':40s} " + "  ".join(f"{fmt(r['event_timestamp'].to_pydatetime()):>22s}" for r in rows))
-        for name in SHOWN_FEATURES:
-            print(f"   {name:40s} " + "  ".join(f"{fmt(r[name]):>22s}" for r in rows))
+        if console is not None:
+            moments_table = Table(title="the seeds' moments, as of each (from the training set)", title_justify="left")
+            moments_table.add_column("feature")
+            for r in rows:
+                moments_table.add_column(f"{r['who']}\n{fmt(r['event_timestamp'].to_pydatetime())}", justify="right")
+            for name in SHOWN_FEATURES:
+                moments_table.add_row(name, *(fmt(r[name]) for r in rows))
+            console.print(moments_table)
+        result.append(f"{sum(built.views.values()):,} change points over {len(built.views)} views "
+                      f"({summary.events / built.seconds:,.0f} events/s); training set {len(training):,} x "
+                      f"{len(service.feature_refs)}: {len(bad)} mismatches in {len(checked)} rows checked")
 
-    with step("4. Bytewax: replay the log into the Feast online store, then batch/stream parity"):
+    with steps.step("Bytewax: replay the log into the Feast online store, then batch/stream parity") as result:
         from validation.parity import run_parity
 
-        parity = run_parity(settings, spark=builder.spark, built=built, workers=1, reference_keys=100,
-                            feast_keys=200, progress=print)
+        parity = run_parity(settings, spark=spark, built=built, workers=1, reference_keys=100,
+                            feast_keys=200, progress=progress)
         by_view: dict[str, list[int]] = {}
         for f in parity.features:
             acc = by_view.setdefault(f.view, [0, 0, 0, 0, 0])
             acc[0] += 1
             acc[1] += f.compared
             acc[2] += f.mismatched + f.reference_mismatched
-            acc[3], acc[4] = f.missing, f.extra
-        print(f"   {'view':18s} {'features':>8s} {'values compared':>16s} {'mismatched':>10s} {'missing':>8s} "
-              f"{'extra':>6s}")
-        for view, (n, compared, mismatched, missing, extra) in by_view.items():
-            print(f"   {view:18s} {n:8d} {compared:16,d} {mismatched:10,d} {missing:8,d} {extra:6,d}")
-        print("   " + "\n   ".join(parity.lines()[-6:]))
-        print(f"   {parity.mismatches} disagreements between the reference, Spark, Bytewax and Feast "
-              f"(full per-feature report: make parity)")
-        summary["parity_mismatches"] = parity.mismatches
+            acc[3] += f.missing
+            acc[4] += f.extra
+        if console is not None:
+            console.print(parity_table(by_view))
+        say("   " + "\n   ".join(parity.lines()[-6:]))
+        say(f"   {parity.mismatches} disagreements between the reference, Spark, Bytewax and Feast "
+            f"(full per-feature report: kairos parity)")
+        summary.parity_mismatches = parity.mismatches
+        compared = sum(v[1] for v in by_view.values())
+        result.append(f"{parity.events:,} events replayed in {parity.seconds.get('bytewax', 0):.0f}s; "
+                      f"{compared:,} values compared, {parity.mismatches} disagreements")
 
-    with step("5. Serving preview: Feast online read through a feature service, against the reference"):
+    with steps.step("Serving preview: Feast online read through a feature service, against the reference") as result:
         from pipelines.store.online import read_online
         from pipelines.store.repo import feature_store
 
         store_ = feature_store(settings)
-        print(f"   registered {len(store_.list_entities())} entities, {len(store_.list_feature_views())} feature "
-              f"views, {len(store_.list_on_demand_feature_views())} on-demand views, "
-              f"{len(store_.list_feature_services())} feature services")
+        say(f"   registered {len(store_.list_entities())} entities, {len(store_.list_feature_views())} feature "
+            f"views, {len(store_.list_on_demand_feature_views())} on-demand views, "
+            f"{len(store_.list_feature_services())} feature services")
         at = end - timedelta(microseconds=1)
         keys = [{"user_id": u, "session_id": s_} for u, s_, _ in moments.values()]
         t0 = time.perf_counter()
@@ -183,23 +236,47 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True) -> dic
                  for want in [ref.service_row(service, k, at)]
                  for n in got if not same(got[n], want[n], served[n].dtype)]
         for who, name, want, got in diffs:
-            print(f"   MISMATCH {who} {name}: reference {want!r}, online {got!r}")
-        print(f"   as of {at:%Y-%m-%d %H:%M:%S} (after the stream), " + ", ".join(
+            say(f"   MISMATCH {who} {name}: reference {want!r}, online {got!r}")
+        say(f"   as of {at:%Y-%m-%d %H:%M:%S} (after the stream), " + ", ".join(
             f"{who}: spend_30d {fmt(o['user_total_spend_30d'])}, cart idle {fmt(o['session_cart_idle_seconds'])}s"
             for who, o in zip(moments, online, strict=True)))
-        print(f"   online read of {len(service.feature_refs)} features x {len(keys)} users through "
-              f"'{service.name}' in {ms:.0f} ms: {len(diffs)} mismatches against the reference")
-        summary["online_mismatches"] = len(diffs)
+        say(f"   online read of {len(service.feature_refs)} features x {len(keys)} users through "
+            f"'{service.name}' in {ms:.0f} ms: {len(diffs)} mismatches against the reference")
+        summary.online_mismatches = len(diffs)
+        result.append(f"{len(service.feature_refs)} features x {len(keys)} users in {ms:.0f} ms; "
+                      f"{len(diffs)} mismatches against the reference")
 
-    with step("6. Train purchase propensity and churn: XGBoost vs baselines, MLflow, champion/challenger"):
-        from training.pipeline import train_all
-
-        trained = train_all(settings, spark=builder.spark,
-                            progress=lambda message: print(f"   {message}", flush=True))
-        print("   " + "\n   ".join(trained.lines()))
-        summary["models"] = {name: {"auc": {k: round(v, 4) for k, v in r.auc.items()}, "alias": r.alias,
-                                    "beats_baselines": r.beats_baselines} for name, r in trained.models.items()}
+    with steps.step("Train purchase propensity and churn: XGBoost vs baselines, MLflow, champion/challenger") as result:
+        trained = jobs.train(settings, spark=spark, progress=progress)
+        say("   " + "\n   ".join(trained.lines()))
+        for name, model in trained.models.items():
+            summary.models[name] = {"auc": {k: round(v, 4) for k, v in model.auc.items()}, "version": model.version,
+                                    "alias": model.alias, "beats_baselines": model.beats_baselines}
+            result.append(f"{name} AUC {model.auc['xgboost']:.3f} (logreg {model.auc['logreg']:.3f}, heuristic "
+                          f"{model.auc['heuristic']:.3f}) v{model.version} -> {model.alias}")
     return summary
+
+
+def parity_table(by_view: dict[str, list[int]]) -> Table:
+    t = Table(title="batch/stream parity by view (reference, Spark, Bytewax)", title_justify="left")
+    for c in ("view", "features", "values compared", "mismatched", "missing", "extra"):
+        t.add_column(c, justify="left" if c == "view" else "right")
+    for view, (n, compared, mismatched, missing, extra) in by_view.items():
+        t.add_row(view, f"{n}", f"{compared:,}", f"{mismatched:,}", f"{missing:,}", f"{extra:,}")
+    return t
+
+
+def render_summary(summary: DemoSummary) -> Table:
+    """The closing table: one row per step."""
+    verdict = "every engine agrees with the reference" if summary.agrees else "ENGINES DISAGREE"
+    total = sum(s for _, _, s in summary.steps)
+    t = Table(title=f"Kairos demo: {verdict} ({total:.0f}s)", title_justify="left", show_lines=True)
+    t.add_column("step", no_wrap=True)
+    t.add_column("result")
+    t.add_column("time", justify="right")
+    for name, result, seconds in summary.steps:
+        t.add_row(name, result, f"{seconds:.1f}s")
+    return t
 
 
 def pick_moments(ref: Reference) -> dict[str, tuple[str, str, datetime]]:
@@ -247,23 +324,3 @@ def decision_points(ref: Reference, moments: dict[str, tuple[str, str, datetime]
 def spec_row(record: dict[str, Any], features: dict[str, Feature]) -> dict[str, Any]:
     """A training-set row (pandas cells) with spec-typed Python values for ``features``."""
     return {**record, **{n: nullable_spec_value(f, record[n]) for n, f in features.items()}}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    warnings.filterwarnings("ignore", category=FutureWarning, module="dask")  # Feast's file store, not ours
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the demo prints what MLflow recorded itself
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--days", type=int, default=14)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    print("Kairos demo: embedded defaults (SQLite online store, local parquet)")
-    t0 = time.perf_counter()
-    summary = run(settings, users=args.users, days=args.days)
-    print(f"\nDone in {time.perf_counter() - t0:.1f}s: " + json.dumps(summary))
-    if summary["online_mismatches"] or summary["training_mismatches"] or summary["parity_mismatches"]:
-        raise SystemExit("the engines disagree with the reference")
-
-
-if __name__ == "__main__":
-    main()

@@ -59,7 +59,7 @@ class Truth:
         for name in ("users.parquet", "sessions.parquet"):
             if not (path / name).exists():
                 raise FileNotFoundError(f"no simulator truth {path / name}: simulate first "
-                                        "(python -m pipelines.ingest.simulator)")
+                                        "(kairos simulate)")
         users = pd.read_parquet(path / "users.parquet", columns=[
             "user_id", "churn_risk", "churner", "churn_start", "churn_stop", "purchase_intent", "engagement",
             "session_rate", "is_new", "signup", "onboarding_dropoff_step"])

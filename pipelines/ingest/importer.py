@@ -3,8 +3,8 @@
 A YAML config (``conf/importers/*.yaml``, validated by :class:`ImportConfig`) maps
 Kairos fields to source columns and source values to event types::
 
-    python -m pipelines.ingest.importer --config conf/importers/retail_transactions.yaml \\
-        --input export.csv --out var/data/events [--dead-letter var/data/dead_letter/x.jsonl]
+    kairos import --mapping conf/importers/retail_transactions.yaml \\
+        --input export.csv [--out var/data/events] [--dead-letter var/data/dead_letter/x.jsonl]
 
 How a row becomes an event
 --------------------------
@@ -69,12 +69,10 @@ store is appended to, like every dead-letter store.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import multiprocessing as mp
 import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -114,7 +112,6 @@ from pipelines.ingest.import_config import (
     CONSENT_FIELDS,
     EventTypeFromColumn,
     ImportConfig,
-    ImportConfigError,
     SessionSynthesis,
     SourceError,
 )
@@ -533,30 +530,3 @@ def import_file(config: ImportConfig | str | Path, source: str | Path, out: str 
     if summary.rows_read != summary.accepted + summary.dead_lettered + summary.dropped:  # pragma: no cover
         raise RuntimeError(f"importer lost rows: {summary}")
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.ingest.importer",
-                                description="Import a foreign event log (CSV or parquet) as Kairos events")
-    p.add_argument("--config", required=True, type=Path, help="import config, e.g. conf/importers/x.yaml")
-    p.add_argument("--input", required=True, type=Path, help="the source file")
-    p.add_argument("--out", required=True, type=Path, help="event log root to write day partitions into")
-    p.add_argument("--dead-letter", type=Path, help="dead-letter JSON-lines file to append to "
-                                                    "(default: <out>/../dead_letter/import-<name>-<file>.jsonl)")
-    p.add_argument("--workers", type=int, default=None,
-                   help=f"validation processes for inputs of {PARALLEL_MIN_ROWS:,}+ rows (default: CPUs, at most 4)")
-    a = p.parse_args(argv)
-    if a.workers is not None and a.workers < 1:
-        p.error("--workers must be at least 1")
-    try:
-        summary = import_file(a.config, a.input, a.out, a.dead_letter, workers=a.workers)
-    except (ImportConfigError, SourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.render())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -46,7 +46,6 @@ together.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -70,7 +69,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from conf.settings import Settings, load_settings
+from conf.settings import Settings
 from features.events import SCHEMA_VERSION, DeviceType, EventType
 from features.semantics import to_us
 from pipelines.ingest.eventlog import EVENT_SCHEMA, conform, encode_json, write_parquet
@@ -1019,33 +1018,3 @@ def write_stream(source: pa.Table | str | os.PathLike[str], path: str | os.PathL
             fh.write("\n")
             n += 1
     return n
-
-
-# ----------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> None:
-    settings = load_settings()
-    s = settings.simulator
-    p = argparse.ArgumentParser(description="Simulate Kairos behavioural events (and their latent truth)")
-    p.add_argument("--users", type=int, default=s.users)
-    p.add_argument("--days", type=int, default=s.days)
-    p.add_argument("--seed", type=int, default=s.seed)
-    p.add_argument("--out", type=Path, default=settings.data_path, help="writes OUT/events, OUT/truth")
-    p.add_argument("--duplicate-rate", type=float, default=s.duplicate_rate)
-    p.add_argument("--out-of-order-rate", type=float, default=s.out_of_order_rate)
-    p.add_argument("--late-rate", type=float, default=s.late_rate)
-    p.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
-    p.add_argument("--chunk-users", type=int, default=4000, help="users per chunk (bounds memory)")
-    p.add_argument("--jsonl", action="store_true", help="also write OUT/stream.jsonl in arrival order")
-    a = p.parse_args(argv)
-    cfg = SimulationConfig.from_settings(settings, users=a.users, days=a.days, seed=a.seed,
-                                         duplicate_rate=a.duplicate_rate, out_of_order_rate=a.out_of_order_rate,
-                                         late_rate=a.late_rate)
-    summary = simulate_to_dir(cfg, a.out, workers=a.workers, chunk_users=a.chunk_users, jsonl=a.jsonl)
-    print(f"{summary.rows:,} events for {summary.users:,} users ({summary.sessions:,} sessions) in "
-          f"{summary.seconds:.1f}s = {summary.rows_per_second:,.0f} events/s -> {summary.out_dir}")
-    print("by type:", ", ".join(f"{k} {v:,}" for k, v in summary.by_type.items()))
-    print("injected:", ", ".join(f"{k} {v:,}" for k, v in summary.anomalies.items()))
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,7 @@ For example::
     KAIROS__SPARK__CONF='{"spark.executor.memory": "16g", "spark.executor.cores": "4",
                           "spark.submit.pyFiles": "dist/kairos-0.1.0-py3-none-any.whl"}' \
     KAIROS__DATA_DIR=/mnt/kairos-lake/prod \
-    python -m pipelines.spark.backfill backfill --start 2026-10-01 --end 2026-11-01
+    kairos backfill --start 2026-10-01 --end 2026-11-01
 
 or, in YAML::
 

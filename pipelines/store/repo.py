@@ -7,7 +7,7 @@ feature services are all built here from :data:`features.registry.REGISTRY`;
 settings) and one ``definitions.py`` that asks this module for the objects, so the
 Feast CLI works on it unchanged::
 
-    python -m pipelines.store.repo apply        # or: cd var/data/feature_repo && feast apply
+    kairos apply        # or: cd var/data/feature_repo && feast apply
 
 The batch sources are the offline tables of :mod:`pipelines.store.offline`. With
 ``offline_store.type: spark`` they are Feast ``SparkSource``\\ s over the same parquet
@@ -17,10 +17,9 @@ The batch sources are the offline tables of :mod:`pipelines.store.offline`. With
 
 from __future__ import annotations
 
-import argparse
 import pprint
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -230,24 +229,3 @@ def describe(store: FeatureStore) -> list[str]:
         ("feature services", store.list_feature_services)]
     return [f"{len(objs)} {kind}: {', '.join(sorted(o.name for o in objs))}"
             for kind, objs in ((k, list_()) for k, list_ in kinds)]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipelines.store.repo",
-                                description="Generate the Feast repo from the specs")
-    p.add_argument("command", choices=["apply", "write"], help="write the repo folder, or write it and apply it")
-    a = p.parse_args(argv)
-    settings = load_settings()
-    repo = write_repo(settings)
-    print(f"feast repo: {repo}")
-    if a.command == "write":
-        return
-    store = apply_repo(settings)
-    print(f"registry: {store.config.registry.path}  online store: {settings.online_store.type}  "
-          f"offline store: {settings.offline_store.type}")
-    for line in describe(store):
-        print(f"  {line}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,13 +6,11 @@ Public functions (the ``kairos stream`` command calls them):
   ``python -m bytewax.run "pipelines.stream.flow:build_flow(source='kafka')"``;
 * ``flow`` - the settings' dataflow, built on first access: ``python -m bytewax.run pipelines.stream.flow:flow``;
 * :func:`stream_report` - rows per view and drops per reason from a run's logs (a :class:`BuildReport`);
-* :func:`report_main` - the command line, ``python -m pipelines.stream.flow report [--changelog D] [--drops D]``.
+* ``kairos stream`` runs it in this process with a progress bar, ``kairos stream --report-only`` reports the logs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -90,19 +88,3 @@ def stream_report(changelog: Path | None = None, drops: Path | None = None) -> B
     outputs = StreamOutputs.from_settings(settings)
     return read_report(StreamOutputs(changelog_dir=changelog or outputs.changelog_dir,
                                      drops_dir=drops or outputs.drops_dir, dead_letter_dir=outputs.dead_letter_dir))
-
-
-def report_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.stream.flow report``: :func:`stream_report` as JSON on stdout."""
-    p = argparse.ArgumentParser(prog="python -m pipelines.stream.flow",
-                                description="Reports of the Bytewax engine (run it with python -m bytewax.run)")
-    p.add_argument("command", choices=["report"])
-    p.add_argument("--changelog", type=Path, default=None)
-    p.add_argument("--drops", type=Path, default=None)
-    a = p.parse_args(argv)
-    report = stream_report(a.changelog, a.drops)
-    print(json.dumps({"rows": report.views, "dropped": report.dropped}, indent=2))
-
-
-if __name__ == "__main__":
-    report_main()

@@ -235,7 +235,7 @@ class OnlineStoreSink(FixedPartitionedSink[FeatureRow, None]):  # type: ignore[m
 
     ``parts`` writers (default: one per view), each a thread of the worker that owns it;
     a view's rows always go to the same writer. The repo must have been applied
-    (``python -m pipelines.store.repo apply``).
+    (``kairos apply``).
     """
 
     def __init__(self, settings: Settings, views: Mapping[str, FeatureView], parts: int | None = None) -> None:

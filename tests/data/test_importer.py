@@ -20,7 +20,7 @@ import pipelines.ingest.importer as importer_module
 from features.events import EventType, validate_event
 from pipelines.ingest.eventlog import EVENT_SCHEMA, read_parquet
 from pipelines.ingest.import_config import ImportConfig, ImportConfigError, SourceError
-from pipelines.ingest.importer import ImportSummary, import_file, main
+from pipelines.ingest.importer import ImportSummary, import_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conf" / "importers" / "retail_transactions.yaml"
@@ -478,25 +478,3 @@ def test_missing_source_column_is_a_clear_error(tmp_path: Path) -> None:
     src.write_text("CustomerID,InvoiceDate,Quantity\nC1,2026-09-01,1\n")
     with pytest.raises(SourceError, match=r"columns.amount: input x.csv has no column 'Amount'"):
         import_file(CONFIG, src, tmp_path / "out")
-
-
-# -- the command line -----------------------------------------------------------------------------------------------
-
-
-def test_cli_prints_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out, dlq = tmp_path / "events", tmp_path / "dead.jsonl"
-    code = main(["--config", str(CONFIG), "--input", str(GOLDEN), "--out", str(out), "--dead-letter", str(dlq)])
-    text = capsys.readouterr().out
-    assert code == 0
-    for line in ("accepted       33", "dead-lettered  7", "dropped        0", "sessions synthesized 24",
-                 "amount (source column 'Amount'): must be >= 0, got -3", f"dead letters -> {dlq}"):
-        assert line in text
-    assert read_parquet(out).num_rows == 33 and len(dlq.read_text().splitlines()) == 7
-
-
-def test_cli_reports_a_bad_config_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(raw_config(event_type="teleport")))
-    code = main(["--config", str(bad), "--input", str(GOLDEN), "--out", str(tmp_path / "events")])
-    assert code == 2
-    assert "event_type: 'teleport' is not a Kairos event type" in capsys.readouterr().err

@@ -1,28 +1,34 @@
-"""`make demo` end to end on the embedded defaults, in a temporary data directory."""
+"""``kairos demo`` (``make demo``) end to end on the embedded defaults, in a temporary data directory."""
 
 from __future__ import annotations
 
-import pytest
+import re
+
+from typer.testing import CliRunner
 
 from conf.settings import Settings
-from kairos.demo import run
+from kairos.cli import app
 
 
-def test_demo_runs_end_to_end(tmp_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = run(tmp_settings, users=120, days=5)
-    out = capsys.readouterr().out
-    assert summary["events"] > 1_000
-    assert summary["dead_lettered"] == 3
-    assert summary["online_mismatches"] == 0
-    assert summary["training_mismatches"] == 0
-    assert summary["parity_mismatches"] == 0
-    assert set(summary["models"]) == {"purchase_propensity", "churn"}
-    assert all(m["alias"] == "champion" for m in summary["models"].values())  # a fresh registry: first is champion
-    for text in ("1. Simulate", "amount: must be >= 0, got -12.5", "user_total_spend_30d", "session_cart_idle_seconds",
+def test_demo_runs_end_to_end(tmp_settings: Settings) -> None:
+    result = CliRunner().invoke(app, ["demo", "--users", "120", "--days", "5"])
+    out = result.output
+    assert result.exit_code == 0, out[-3000:]
+    for text in ("1. Simulate 120 users over 5 days", "amount: must be >= 0, got -12.5", "user_total_spend_30d",
+                 "session_cart_idle_seconds",
                  "registered 2 entities, 3 feature views, 3 on-demand views, 3 feature services",
-                 "spark: session_activity:", "training set: 2,003 decision points", "bytewax (1 worker)",
+                 "spark steps: session_activity:", "training set: 2,003 decision points", "bytewax (1 worker)",
+                 "bytewax replay:", "purchase_propensity cross-validation:",
                  "0 disagreements between the reference, Spark, Bytewax and Feast",
-                 "0 mismatches against the reference", "6. Train", "oracle"):
-        assert text in out
+                 "0 mismatches against the reference", "6. Train", "oracle",
+                 "Kairos demo: every engine agrees with the reference"):
+        assert text in out, text
+    # the closing table: one row per step, each with its time
+    rows = re.findall(r"^│ (\d)\. ([^│]+?)\s*│.*│\s+([\d.]+)s │$", out, flags=re.M)
+    assert [int(n) for n, _, _ in rows] == [1, 2, 3, 4, 5, 6], out[-3000:]
+    assert "3 dead-lettered" in out and "-> champion" in out  # a fresh registry: the first model is champion
+    # Spark's and MLflow's own logs went to the log file, not to the user
+    log = tmp_settings.data_path / "logs" / "kairos.log"
+    assert log.exists() and "log4j" not in out and "WARN" not in out
     assert (tmp_settings.data_path / "registry.db").exists()
     assert any((tmp_settings.events_path).rglob("*.parquet"))

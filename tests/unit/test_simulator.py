@@ -26,7 +26,6 @@ from pipelines.ingest.simulator import (
     SESSION_GAP,
     SimulationConfig,
     SimulationResult,
-    main,
     replay,
     replay_batches,
     simulate,
@@ -387,10 +386,3 @@ def test_late_events_respect_a_configured_lateness() -> None:
     anomalies = res.anomalies.to_pandas()
     delay = anomalies.set_index("kind")["delay_seconds"]
     assert (delay.loc["late"] > 600).all() and (delay.loc["out_of_order"] <= 600).all()
-
-
-def test_cli_writes_and_summarises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--users", "50", "--days", "2", "--seed", "4", "--out", str(tmp_path), "--late-rate", "0.1"])
-    out = capsys.readouterr().out
-    assert "events for 50 users" in out and "late" in out
-    assert any((tmp_path / "events").rglob("*.parquet")) and (tmp_path / "truth" / "users.parquet").exists()
