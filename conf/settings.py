@@ -205,6 +205,47 @@ class SimulatorSettings(_Section):
         return v.astimezone(UTC)
 
 
+Scope = Literal["events:write", "score", "admin"]
+SCOPES: tuple[Scope, ...] = ("events:write", "score", "admin")
+
+
+class ApiKeySettings(_Section):
+    """One API key, stored as its salted hash (``kairos keys create`` prints the key once, never stores it)."""
+
+    name: str = Field(min_length=1)
+    key_id: str = Field(pattern=r"^[0-9a-f]{8,32}$")  # the public part of the key, to find its record
+    hash: str = Field(pattern=r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")  # sha256$<salt>$<hmac-sha256(salt, key)>
+    scopes: tuple[Scope, ...] = Field(min_length=1)
+
+
+class RateLimitSettings(_Section):
+    """A token bucket per API key: ``rate`` requests per second on average, bursts up to ``burst``."""
+
+    rate: float = Field(default=500.0, gt=0)
+    burst: int = Field(default=1000, ge=1)
+
+
+class ServingSettings(_Section):
+    """The BentoML service (``serving/service.py``)."""
+
+    models: tuple[str, ...] = ("purchase_propensity", "churn")  # each served from its ``champion`` alias
+    workers: int = Field(default=1, ge=1)  # processes; each loads the champions and its own connections
+    threads: int = Field(default=4, ge=1)  # per worker, for the sync work (online reads, predictions)
+    feature_budget: timedelta = timedelta(milliseconds=15)  # past this, answer with cold-start defaults, degraded
+    reload_interval: timedelta = timedelta(seconds=30)  # how often to look for a moved champion alias
+    max_request_bytes: int = Field(default=1_000_000, ge=1)
+    max_events_per_batch: int = Field(default=1000, ge=1)
+    keys: tuple[ApiKeySettings, ...] = ()  # keys given in configuration (hashes only)
+    keys_file: str = ""  # keys created by ``kairos keys create`` (hashes only); empty: data_dir/api_keys.yaml
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    events_log: str = ""  # the embedded event topic (the stream's replay file); empty: data_dir/stream.jsonl
+
+    @field_validator("feature_budget", "reload_interval", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
         super().__init__(settings_cls)
@@ -240,6 +281,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -286,6 +328,17 @@ class Settings(BaseSettings):
     def truth_path(self) -> Path:
         """The simulator's latent truth, written beside the events."""
         return self.data_path / "truth"
+
+    @property
+    def keys_path(self) -> Path:
+        """Where ``kairos keys create`` stores API key hashes."""
+        return self.resolve(self.serving.keys_file) if self.serving.keys_file else self.data_path / "api_keys.yaml"
+
+    @property
+    def events_log_path(self) -> Path:
+        """The embedded event topic, which the stream replays and the service appends accepted events to when
+        ``stream.source`` is ``file``."""
+        return self.resolve(self.serving.events_log) if self.serving.events_log else self.data_path / "stream.jsonl"
 
     @property
     def validation_docs_path(self) -> Path:

@@ -22,6 +22,8 @@ from features.events import EventType
 from features.expr import Expr, lit
 
 DType = Literal["int64", "float64", "string", "bool", "timestamp", "array<string>"]
+# what serving answers with for a stale stored row: the view's cold-start row (flagged) or the stored values
+StalePolicy = Literal["default", "serve"]
 DTYPES: Final[frozenset[str]] = frozenset({"int64", "float64", "string", "bool", "timestamp", "array<string>"})
 ALL_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(EventType)
 
@@ -207,10 +209,19 @@ class FeatureView:
     owner: str = "personalization@kairos"
     tags: Mapping[str, str] = field(default_factory=dict)
     online: bool = True
+    # Freshness on online reads (Feast does not enforce a view's TTL online): a stored row older than
+    # ``max_age`` (default: the TTL) is stale; ``on_stale`` says what serving answers with then
+    max_age: timedelta | None = None
+    on_stale: StalePolicy = "default"
 
     @property
     def features(self) -> tuple[Feature, ...]:
         return (*self.aggregations, *self.derived)
+
+    @property
+    def freshness_limit(self) -> timedelta:
+        """How old a stored row may be before serving treats it as stale: ``max_age``, else the TTL."""
+        return self.max_age if self.max_age is not None else self.ttl
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -265,6 +266,56 @@ def train(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=1, default=str) + "\n")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port")] = 3000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+) -> None:
+    """Serve scores, features and event intake: `bentoml serve serving.service:Kairos` on the settings."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]  # where the serving package lives (a checkout or site-packages)
+    console.print(f"bentoml serve serving.service:Kairos on http://{host}:{port} (OpenAPI: /v1/openapi.json)")
+    code = subprocess.call([sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", host,
+                            "--port", str(port), "--working-dir", str(root)])
+    raise typer.Exit(code)
+
+
+keys_app = typer.Typer(help="API keys of the service: created here, stored as hashes only.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="who the key is for, e.g. web-frontend")],
+    scopes: Annotated[str, typer.Option(help="comma-separated: events:write, score, admin")] = "score",
+) -> None:
+    """Create an API key: print it once, store only its salted hash in serving.keys_file."""
+    from serving.security import new_key, store_key
+
+    s = settings()
+    try:
+        key, record = new_key(name, [x.strip() for x in scopes.split(",") if x.strip()])  # type: ignore[misc]
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --scopes: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    store_key(s.keys_path, record)
+    console.print(f"API key {name!r} ({', '.join(record.scopes)}), stored as a hash in {s.keys_path}.")
+    console.print("It is shown once; send it as 'Authorization: Bearer <key>':")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keys the service accepts (names, ids and scopes; never the keys)."""
+    from serving.security import read_keys_file
+
+    s = settings()
+    rows = [[k.name, k.key_id, ", ".join(k.scopes), "settings"] for k in s.serving.keys]
+    rows += [[k.name, k.key_id, ", ".join(k.scopes), str(s.keys_path)] for k in read_keys_file(s.keys_path)]
+    console.print(table("API keys", ["name", "key id", "scopes", "from"], rows))
 
 
 def training_table(report: Any) -> Table:

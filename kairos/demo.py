@@ -78,7 +78,7 @@ class Steps:
         self.n = 0
 
     @contextmanager
-    def step(self, title: str) -> Iterator[list[str]]:
+    def step(self, title: str, name: str) -> Iterator[list[str]]:
         self.n += 1
         if self.console is not None:
             self.console.rule(f"[bold]{self.n}. {title}", align="left")
@@ -89,7 +89,7 @@ class Steps:
         yield result
         seconds = time.perf_counter() - t0
         self.progress.log(f"   ({seconds:.1f}s)")
-        self.summary.steps.append((f"{self.n}. {title.split(':')[0]}", "; ".join(result), seconds))
+        self.summary.steps.append((f"{self.n}. {name}", "; ".join(result), seconds))
 
 
 def fmt(value: Any) -> str:
@@ -129,7 +129,7 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     data.mkdir(parents=True, exist_ok=True)
 
-    with steps.step(f"Simulate {users:,} users over {days} days") as result:
+    with steps.step(f"Simulate {users:,} users over {days} days", "simulate") as result:
         sim = jobs.simulate(settings, users=users, days=days)
         say(f"   {sim.rows:,} events -> {settings.events_path}  ({sim.rows_per_second:,.0f} events/s)")
         say("   by type: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sim.by_type.items(), key=lambda kv: -kv[1])))
@@ -138,7 +138,7 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
         result.append(f"{sim.rows:,} events, {sim.sessions:,} sessions; injected "
                       + ", ".join(f"{v:,} {k}" for k, v in sim.anomalies.items()))
 
-    with steps.step("Validate the log and a few broken client events") as result:
+    with steps.step("Validate the log and a few broken client events", "validate") as result:
         records = table_to_records(read_parquet(settings.events_path))
         store = DeadLetterStore(path=settings.dead_letter_path / "demo.jsonl", source="demo")
         good, report = validate_records([*records, *corrupt_samples(records)], store)
@@ -150,7 +150,7 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
         summary.dead_lettered = report.rejected
         result.append(f"{report.accepted:,} accepted, {report.rejected} dead-lettered with the field named")
 
-    with steps.step("Spark: backfill every feature view, then a point-in-time training set") as result:
+    with steps.step("Spark: backfill every feature view, then a point-in-time training set", "spark") as result:
         from pipelines.spark.retrieval import SparkRetrieval
         from pipelines.spark.schema import to_pandas
         from pipelines.spark.session import spark_session
@@ -196,7 +196,8 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
                       f"({summary.events / built.seconds:,.0f} events/s); training set {len(training):,} x "
                       f"{len(service.feature_refs)}: {len(bad)} mismatches in {len(checked)} rows checked")
 
-    with steps.step("Bytewax: replay the log into the Feast online store, then batch/stream parity") as result:
+    with steps.step("Bytewax: replay the log into the Feast online store, then batch/stream parity",
+                    "bytewax, parity") as result:
         from validation.parity import run_parity
 
         parity = run_parity(settings, spark=spark, built=built, workers=1, reference_keys=100,
@@ -219,7 +220,8 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
         result.append(f"{parity.events:,} events replayed in {parity.seconds.get('bytewax', 0):.0f}s; "
                       f"{compared:,} values compared, {parity.mismatches} disagreements")
 
-    with steps.step("Serving preview: Feast online read through a feature service, against the reference") as result:
+    with steps.step("Serving preview: Feast online read through a feature service, against the reference",
+                    "online read") as result:
         from pipelines.store.online import read_online
         from pipelines.store.repo import feature_store
 
@@ -246,7 +248,8 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
         result.append(f"{len(service.feature_refs)} features x {len(keys)} users in {ms:.0f} ms; "
                       f"{len(diffs)} mismatches against the reference")
 
-    with steps.step("Train purchase propensity and churn: XGBoost vs baselines, MLflow, champion/challenger") as result:
+    with steps.step("Train purchase propensity and churn: XGBoost vs baselines, MLflow, champion/challenger",
+                    "train") as result:
         trained = jobs.train(settings, spark=spark, progress=progress)
         say("   " + "\n   ".join(trained.lines()))
         for name, model in trained.models.items():

@@ -114,13 +114,13 @@ def log_end(settings: Settings) -> datetime:
 
 
 def replay_file(settings: Settings, *, rebuild: bool = False) -> tuple[Path, int]:
-    """The stream's replay file (``data_dir/stream.jsonl``), written from the event log in arrival order if it is
+    """The stream's replay file (``settings.events_log_path``), written from the event log in arrival order if it is
     missing (or ``rebuild``); returns its path and number of events."""
     from pipelines.ingest.eventlog import read_parquet
     from pipelines.ingest.simulator import write_stream
     from pipelines.stream.sources import JsonlReplaySource
 
-    path = settings.data_path / "stream.jsonl"
+    path = settings.events_log_path
     if rebuild or not path.exists():
         return path, write_stream(read_parquet(settings.events_path), path)
     return path, JsonlReplaySource(path).count()

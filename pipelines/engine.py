@@ -94,7 +94,7 @@ class MaterializationEngine(ABC, Generic[Source, Events, Keyed, Rows, Written]):
         # a lazy engine only wires its steps here: its progress is its run's (the stream's replay)
         progress = self.progress if self.eager else Silent()
         dropped = ", ".join(f"{k} {v:,}" for k, v in report.dropped.items() if v)
-        progress.log(f"{self.name}: validated and admitted events ({time.perf_counter() - t0:.1f}s); "
+        progress.log(f"   {self.name}: validated and admitted events ({time.perf_counter() - t0:.1f}s); "
                      f"not counted: {dropped or '-'}")
         written: list[tuple[Step, Written]] = []
         with progress.task(f"{self.name} steps", total=len(steps), unit="steps") as task:

@@ -37,16 +37,18 @@ class Task:
     def summary(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         of = f"/{self.total:,.0f}" if self.total is not None else ""
-        return (f"{self.description}: {self.done:,.0f}{of} {self.unit} in {self.seconds:.1f}s "
-                f"({rate:,.0f} {self.unit}/s)")
+        per = f"{rate:,.2f}" if rate < 10 else f"{rate:,.0f}"
+        return f"{self.description}: {self.done:,.0f}{of} {self.unit} in {self.seconds:.1f}s ({per} {self.unit}/s)"
 
 
 class Progress:
-    """Lines to ``write`` (default ``print``); a task writes its notes as they come and a summary at the end."""
+    """Lines to ``write`` (default ``print``); a task writes its notes as they come (or how far it is, every
+    ``every`` seconds, if it gives none) and a summary at the end."""
 
-    def __init__(self, write: Callable[[str], None] = print, *, notes: bool = True) -> None:
+    def __init__(self, write: Callable[[str], None] = print, *, notes: bool = True, every: float = 10.0) -> None:
         self.write = write
         self.notes = notes
+        self.every = every  # seconds between "how far" lines of a task that gives no notes
 
     def log(self, message: str) -> None:
         self.write(message)
@@ -64,13 +66,21 @@ class Progress:
 
     # hooks a renderer overrides
     def new_task(self, description: str, total: float | None, unit: str) -> Task:
-        write, notes = self.write, self.notes
+        write, notes, every = self.write, self.notes, self.every
 
         class Lines(Task):
+            last = time.perf_counter()
+
             def advance(self, amount: float = 1, note: str = "") -> None:
                 super().advance(amount, note)
                 if note and notes:
                     write(f"   {description}: {note}")
+                elif time.perf_counter() - self.last >= every:  # a long task without notes: say how far it is
+                    of = f"/{self.total:,.0f}" if self.total is not None else ""
+                    write(f"   {description}: {self.done:,.0f}{of} {self.unit} ({self.seconds:.0f}s)")
+                else:
+                    return
+                self.last = time.perf_counter()
 
         return Lines(description, total, unit)
 

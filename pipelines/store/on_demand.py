@@ -94,7 +94,7 @@ def on_demand_source(odv: spec.OnDemandView) -> str:
         name=odv.name, imports=_imports(served), description=odv.description, owner=odv.owner,
         request="".join(f"\n        {r!r}," for r in served.request_fields),
         features="".join(f"\n        {f!r}," for f in served.features),
-        cold=_cold_inputs(odv), defaults={f.name: f.default for v in odv.sources for f in v.features},
+        cold=_cold_inputs(odv), defaults=on_demand_defaults(odv),
         func=_udf_name(odv))
 
 
@@ -145,6 +145,11 @@ def evaluate_on_demand(view: spec.OnDemandView, cold: Mapping[str, Mapping[str, 
         for k, value in view.compute(row).items():
             out[k].append(value)
     return out
+
+
+def on_demand_defaults(odv: spec.OnDemandView) -> dict[str, Any]:
+    """What a null input of the view reads as: its feature's default (the generated udf's ``DEFAULTS``)."""
+    return {f.name: f.default for v in odv.sources for f in v.features}
 
 
 def on_demand_view(odv: spec.OnDemandView, views: Mapping[str, FeatureView]) -> OnDemandFeatureView:

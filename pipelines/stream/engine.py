@@ -241,7 +241,7 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
             if not stream.brokers:
                 raise ValueError("stream.brokers is required when stream.source is kafka")
             return kafka_source(stream.brokers, stream.topic, tail=tail, batch_size=stream.batch_size)
-        return JsonlReplaySource(path or self.settings.data_path / "stream.jsonl", batch_size=stream.batch_size,
+        return JsonlReplaySource(path or self.settings.events_log_path, batch_size=stream.batch_size,
                                  rate=rate, on_batch=on_batch)
 
     # -- hooks -----------------------------------------------------------------------------------

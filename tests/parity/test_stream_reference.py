@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -38,6 +37,7 @@ from tests.adversarial import adversarial_log, minimal_logs
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
 from tests.conftest import settings_in
+from tests.servers import free_port
 
 LATENESS = timedelta(hours=1)
 RULES = EventRules(allowed_lateness=LATENESS)
@@ -195,10 +195,6 @@ def test_bigger_log_on_two_workers_with_tiny_batches(tmp_settings: Settings) -> 
     assert_drops_match(read_drops(builder.outputs.drops_dir), events)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("scale", ["-w 2", "2 processes"])

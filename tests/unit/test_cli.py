@@ -14,11 +14,12 @@ from conf.settings import Settings
 from kairos.cli import app
 from pipelines.stream.changelog import encode_drops
 from pipelines.stream.types import DropRecord, StreamOutputs
+from serving.security import KeyRing
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = ROOT / "conf" / "importers" / "retail_transactions.yaml"
 GOLDEN = ROOT / "tests" / "golden" / "retail_transactions.csv"
-COMMANDS = ("demo", "simulate", "import", "apply", "backfill", "stream", "parity", "train")
+COMMANDS = ("demo", "simulate", "import", "apply", "backfill", "stream", "parity", "train", "serve", "keys")
 
 runner = CliRunner()
 
@@ -128,3 +129,23 @@ def test_stream_report_only_reads_the_logs_of_a_run(tmp_settings: Settings) -> N
     assert result.exit_code == 0, result.output
     assert re.search(r"not counted: late\s+│\s+2 │", result.output), result.output
     assert re.search(r"not counted: duplicate\s+│\s+1 │", result.output), result.output
+
+
+def test_keys_create_prints_the_key_once_and_stores_its_hash(tmp_settings: Settings) -> None:
+    result = runner.invoke(app, ["keys", "create", "web", "--scopes", "score,events:write"])
+    assert result.exit_code == 0, result.output
+    key = result.output.strip().splitlines()[-1]
+    assert key.startswith("kairos_")
+    stored = tmp_settings.keys_path.read_text()
+    assert key not in stored and "web" in stored
+    ring = KeyRing.from_settings(tmp_settings)
+    assert ring.authenticate(key, "events:write").name == "web"
+    listed = runner.invoke(app, ["keys", "list"])
+    assert "web" in listed.output and "score, events:write" in listed.output and key not in listed.output
+
+
+def test_keys_create_names_an_unknown_scope(tmp_settings: Settings) -> None:
+    result = runner.invoke(app, ["keys", "create", "web", "--scopes", "score,root"])
+    assert result.exit_code == 2
+    assert "--scopes" in result.output and "got score, root" in result.output
+    assert not tmp_settings.keys_path.exists()

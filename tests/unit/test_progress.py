@@ -77,3 +77,21 @@ def test_rich_progress_on_a_terminal_draws_a_bar_with_count_unit_and_rate() -> N
     assert "before the bars" in text and "bytewax replay" in text
     assert "9000/9000" in text and "events/s" in text
     assert not progress.bars.task_ids  # drawn for good: the next step starts a fresh display
+
+
+def test_a_long_task_without_notes_says_how_far_it_is() -> None:
+    lines: list[str] = []
+    with Progress(lines.append, every=0.0).task("bytewax replay", total=300, unit="events") as task:
+        task.advance(100)
+        task.advance(100)
+    assert lines[0].startswith("   bytewax replay: 100/300 events (")
+    assert lines[1].startswith("   bytewax replay: 200/300 events (")
+    assert lines[2].startswith("   bytewax replay: 200/300 events in ")
+
+
+def test_quiet_periods_print_nothing_between_the_ends() -> None:
+    lines: list[str] = []
+    with Progress(lines.append, every=3600.0).task("replay", total=2, unit="events") as task:
+        task.advance(1)
+        task.advance(1)
+    assert len(lines) == 1 and lines[0].startswith("   replay: 2/2 events in ")

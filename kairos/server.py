@@ -1,0 +1,91 @@
+"""The service as a background process: ``bentoml serve serving.service:Kairos``, started, awaited, stopped.
+
+What ``kairos demo``, the integration tests and the serving benchmark share: the real server
+process (never an in-process imitation), with the settings given as environment variables,
+ready once ``/readyz`` answers 200 (the champions are loaded and the online store answers).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parents[1]  # where the serving package is (a checkout or site-packages)
+
+
+class ServiceProcess:
+    """``bentoml serve`` on ``host:port`` with ``env``; its output goes to ``log``. A context manager."""
+
+    def __init__(self, port: int, *, env: Mapping[str, str] | None = None, log: Path, host: str = "127.0.0.1",
+                 workers: int | None = None) -> None:
+        self.host, self.port, self.log = host, port, log
+        self.env = {**os.environ, **(env or {})}
+        if workers is not None:
+            self.env["KAIROS__SERVING__WORKERS"] = str(workers)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", self.host,
+                 "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True)  # its own process group: stop() ends the workers too
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Seconds until ``/readyz`` answered 200; raises with the log's tail if the server died or never did."""
+        assert self.proc is not None, "start() first"
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"bentoml serve was not ready within {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def pids(self) -> list[int]:
+        """The server's process tree (the supervisor and its workers), for CPU accounting."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        parent = psutil.Process(self.proc.pid)
+        return [parent.pid, *(c.pid for c in parent.children(recursive=True))]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
