@@ -10,6 +10,14 @@ directly. :class:`OnlineReader` does the same for the serving layer and returns 
 value for value (``tests/integration/test_online_reader.py`` checks every feature of every service, on SQLite and
 on a real valkey server, for cold starts and after the stream's partial writes).
 
+Why not Feast's pre-computed vectors (``FeatureService(precompute_online=True)``, Feast >= 0.64)
+-------------------------------------------------------------------------------------------------
+Measured on Feast 0.67.0 (``tests/integration/test_feast_precompute.py`` pins it): they do not serve Kairos.
+A service with request-time features cannot be pre-computed (Feast refuses an on-demand view not written to
+the online store, and ``request_time`` features cannot be written ahead); pre-computing needs entity scans,
+which only Redis offers; and the vectors are rebuilt by ``materialize`` and ``push`` (each time for every entity
+of the service), not by the ``online_write_batch`` the stream writes through, so under the stream they go stale.
+
 The layout it reads (Feast 0.67.0; each dependency is named again where the code uses it)
 ----------------------------------------------------------------------------------------------
 * Entity key: ``serialize_entity_key`` (``feast/infra/key_encoding_utils.py``) of an ``EntityKey`` proto holding
