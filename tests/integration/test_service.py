@@ -9,6 +9,8 @@ variables (:class:`kairos.server.ServiceProcess`), is awaited on ``/readyz``, an
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,7 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     data = tmp_path_factory.mktemp("service")
     settings, env = trained.serving_settings(data, online_store={"type": "sqlite", "path": str(data / "online.db")})
     env |= {"KAIROS__SERVING__RATE_LIMIT__RATE": "5", "KAIROS__SERVING__RATE_LIMIT__BURST": "60",
+            "KAIROS__SERVING__RELOAD_INTERVAL": "2s",
             "BENTOML_HOME": str(data / "bentoml")}
     jobs.stream(settings, workers=1)  # applies the Feast repo, replays the log into the online store
     keys: dict[str, str] = {}
@@ -189,3 +192,46 @@ def test_metrics_count_requests_reads_and_events(server: Server) -> None:
                  'kairos_events_total{outcome="accepted"}'):
         assert name in text, name
     assert 'endpoint="/v1/score",status="200"' in text
+
+
+def test_a_moved_champion_alias_is_served_without_a_restart(server: Server) -> None:
+    """The admin call loads a new champion at once, the periodic check by itself; no request in flight fails."""
+    from training.registry import CHAMPION, client_for, registered_model_name
+
+    client = client_for(server.settings)
+    name = registered_model_name(server.settings, "purchase_propensity")
+    v1 = client.get_model_version_by_alias(name, CHAMPION)
+    v2 = client.create_model_version(name, source=v1.source, run_id=v1.run_id)
+    statuses: list[int] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with server.client("admin") as c:
+            while not stop.is_set():
+                r = c.post("/v1/score", json={"user_id": server.users[2]})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.append(r.json()["scores"]["purchase_propensity"]["version"])
+                time.sleep(0.25)  # under the key's 5 requests a second
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        client.set_registered_model_alias(name, CHAMPION, v2.version)
+        with server.client("admin") as c:
+            r = c.post("/v1/admin/reload")
+        assert r.status_code == 200 and r.json()["loaded"] == {"purchase_propensity": str(v2.version)}, r.text
+        time.sleep(0.5)
+        assert versions[-1] == str(v2.version)
+        client.set_registered_model_alias(name, CHAMPION, v1.version)  # back, found by the periodic check
+        deadline = time.monotonic() + 30
+        while versions[-1] != str(v1.version):
+            assert time.monotonic() < deadline, "the periodic check did not pick up the moved alias"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+        client.set_registered_model_alias(name, CHAMPION, v1.version)
+    assert set(statuses) == {200}, statuses
+    assert str(v2.version) in versions and versions[-1] == str(v1.version)
