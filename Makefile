@@ -9,8 +9,8 @@ endif
 RUN := $(UV) run --frozen
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install lint test unit parity demo bench bench-sim bench-spark bench-stream apply feast-apply backfill \
-	stream train simulate import-example clean
+.PHONY: help install lint test unit parity demo bench bench-sim bench-spark bench-stream bench-serving apply feast-apply backfill \
+	stream train serve bento simulate import-example clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ demo: install ## `kairos demo`: the main job end to end on the embedded defaults
 BENCH_EVENTS ?= 10000000
 BENCH_ROWS ?= 1000000
 
-bench: bench-sim bench-spark bench-stream ## All benchmarks (BENCH_EVENTS, BENCH_ROWS); JSON results land in bench/results/
+bench: bench-sim bench-spark bench-stream bench-serving ## All benchmarks (BENCH_EVENTS, BENCH_ROWS); JSON results land in bench/results/
 
 bench-sim: install ## Simulator throughput at BENCH_EVENTS events, against a parquet-write floor
 	$(RUN) python -m bench.bench_simulator --events $(BENCH_EVENTS)
@@ -56,6 +56,9 @@ bench-spark: install ## Spark build of BENCH_EVENTS events and a BENCH_ROWS trai
 
 bench-stream: install ## Bytewax throughput (1k/100k/1M active users, 1 and 2 workers) and freshness into Feast
 	$(RUN) python -m bench.bench_stream --big-users 1000000
+
+bench-serving: install ## Open-loop load on POST /v1/score (100/300/1,000 req/s, 100k users) vs floors (BENCH_SERVING_ARGS=--quick)
+	$(RUN) python -m bench.bench_serving $(BENCH_SERVING_ARGS)
 
 apply: install ## `kairos apply`: generate the Feast repo from the specs and run `feast apply`
 	$(RUN) kairos apply
@@ -70,6 +73,14 @@ stream: install ## `kairos stream`: Bytewax replays the event log into the chang
 
 train: install ## `kairos train`: both models on var/data/events, tracked in MLflow, through the promotion gate
 	$(RUN) kairos train
+
+serve: install ## `kairos serve`: bentoml serve serving.service:Kairos on port 3000 (PORT=)
+	$(RUN) kairos serve --port $${PORT:-3000}
+
+bento: install ## `bentoml build`: the service as a bento, its requirements exported from uv.lock
+	@mkdir -p var
+	$(UV) export --frozen --no-dev --no-emit-project --no-hashes --quiet -o var/bento-requirements.txt
+	$(RUN) bentoml build
 
 simulate: install ## `kairos simulate`: an event log into var/data/events (USERS=2000 DAYS=14)
 	$(RUN) kairos simulate --users $${USERS:-2000} --days $${DAYS:-14}

@@ -61,7 +61,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from bench.common import PeakRss, percentiles, write_result
+from bench.common import PeakRss, free_port, percentiles, write_result
 from conf.settings import load_settings
 from pipelines.ingest.eventlog import encode_json
 from pipelines.ingest.kafka import publish_to_kafka
@@ -247,12 +247,6 @@ def bench_flow(mode: str, path: str, out: str, until: str | None = None) -> Data
     relax_gc()  # as python -m bytewax.run "pipelines.stream.flow:build_flow(...)" does
     clock = StreamClock(until=datetime.fromisoformat(until) if until else None)
     return BytewaxEngine(settings, outputs=outputs, clock=clock).dataflow(source)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_flow(mode: str, path: Path, out: Path, *, workers: int = 1, processes: int = 1,

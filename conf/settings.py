@@ -238,6 +238,7 @@ class ServingSettings(_Section):
     keys: tuple[ApiKeySettings, ...] = ()  # keys given in configuration (hashes only)
     keys_file: str = ""  # keys created by ``kairos keys create`` (hashes only); empty: data_dir/api_keys.yaml
     rate_limit: RateLimitSettings = RateLimitSettings()
+    access_log: bool = False  # BentoML's line per request (its cost shows at hundreds of requests a second)
     events_log: str = ""  # the embedded event topic (the stream's replay file); empty: data_dir/stream.jsonl
 
     @field_validator("feature_budget", "reload_interval", mode="before")

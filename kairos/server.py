@@ -21,28 +21,25 @@ from types import TracebackType
 ROOT = Path(__file__).resolve().parents[1]  # where the serving package is (a checkout or site-packages)
 
 
-class ServiceProcess:
-    """``bentoml serve`` on ``host:port`` with ``env``; its output goes to ``log``. A context manager."""
+class ServerProcess:
+    """An HTTP server process (``command``) on ``host:port`` with ``env``, ready when ``/readyz`` answers 200; its
+    output goes to ``log``. A context manager; :class:`ServiceProcess` is the Kairos service."""
 
-    def __init__(self, port: int, *, env: Mapping[str, str] | None = None, log: Path, host: str = "127.0.0.1",
-                 workers: int | None = None) -> None:
-        self.host, self.port, self.log = host, port, log
+    def __init__(self, command: list[str], port: int, *, env: Mapping[str, str] | None = None, log: Path,
+                 host: str = "127.0.0.1") -> None:
+        self.command, self.host, self.port, self.log = command, host, port, log
         self.env = {**os.environ, **(env or {})}
-        if workers is not None:
-            self.env["KAIROS__SERVING__WORKERS"] = str(workers)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> ServiceProcess:
+    def start(self) -> ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", self.host,
-                 "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                start_new_session=True)  # its own process group: stop() ends the workers too
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # its own process group: stop() ends its workers
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> float:
@@ -51,7 +48,7 @@ class ServiceProcess:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
                     if r.status == 200:
@@ -59,7 +56,11 @@ class ServiceProcess:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"bentoml serve was not ready within {timeout:.0f}s:\n{self.tail()}")
+        raise RuntimeError(f"{self.name} was not ready within {timeout:.0f}s:\n{self.tail()}")
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.command[1:4])
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
@@ -83,9 +84,25 @@ class ServiceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def __enter__(self) -> ServiceProcess:
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class ServiceProcess(ServerProcess):
+    """``bentoml serve serving.service:Kairos`` (``workers``: ``serving.workers`` for this process)."""
+
+    def __init__(self, port: int, *, env: Mapping[str, str] | None = None, log: Path, host: str = "127.0.0.1",
+                 workers: int | None = None) -> None:
+        extra = dict(env or {})
+        if workers is not None:
+            extra["KAIROS__SERVING__WORKERS"] = str(workers)
+        super().__init__([sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", host,
+                          "--port", str(port)], port, env=extra, log=log, host=host)
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self

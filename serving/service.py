@@ -20,20 +20,21 @@ Endpoints (typed in :mod:`serving.api`; the OpenAPI document is ``/v1/openapi.js
 ==========================================  ==============  ==========================================
 
 Sizing for 2 cores: ``serving.workers`` processes (default 1) each run the event loop and
-``serving.threads`` threads (default 4) for the blocking work (an online read, a batch
-append); a read is one round trip, so a few threads keep the store busy while the loop
-parses and answers. Each worker loads the champions and keeps its own connections.
+``serving.threads`` threads (default 4) for the blocking work. A request makes one hop to a
+thread, which does the online read (one round trip), the vectors and the predictions (each
+model on one thread: ``nthread=1``), so the loop only parses and answers, and a few threads
+keep the store busy. Each worker loads the champions and keeps its own connections.
 
-Degraded, never a 500: an online read that fails or passes ``serving.feature_budget`` is
-answered from cold-start defaults, flagged ``degraded`` with the reason; a missing champion
-is a 503 saying what to run; an unexpected error is logged and answered 503.
+Degraded, never a 500: an online read that fails, or whose Redis socket waits past
+``serving.feature_budget``, is answered from cold-start defaults, flagged ``degraded`` with
+the reason; a missing champion is a 503 saying what to run; an unexpected error is logged
+and answered 503 (:mod:`serving.middleware`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +42,7 @@ import anyio
 import bentoml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from conf.settings import Scope, load_settings
 from features.registry import REGISTRY
@@ -61,6 +62,7 @@ from serving.api import (
     ViewAge,
 )
 from serving.intake import check_batch, event_topic
+from serving.middleware import Guard
 from serving.models import Champion, Champions
 from serving.online import OnlineReader, StoredRow
 from serving.security import Denied, KeyRing, Principal, RateLimiter, presented_key, retry_after
@@ -110,26 +112,11 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
-@app.middleware("http")
-async def _limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    t0 = time.perf_counter()
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > SETTINGS.serving.max_request_bytes):
-        response: Response = JSONResponse(
-            {"detail": f"the body is over {SETTINGS.serving.max_request_bytes:,} bytes (serving.max_request_bytes)"},
-            status_code=413)
-    else:
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # a bug, not the caller's fault: logged once, answered 503, never 500
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            response = JSONResponse(
-                {"detail": f"the service could not answer ({type(exc).__name__}); it logged the error"},
-                status_code=503)
-    route = request.scope.get("route")
-    REQUEST_SECONDS.labels(endpoint=getattr(route, "path", "unmatched"), status=str(response.status_code)).observe(
-        time.perf_counter() - t0)
-    return response
+def _observe(route: str, status: int, seconds: float) -> None:
+    REQUEST_SECONDS.labels(endpoint=route, status=str(status)).observe(seconds)
+
+
+app.add_middleware(Guard, max_body=SETTINGS.serving.max_request_bytes, observe=_observe)
 
 
 def _age(f: ViewFreshness) -> ViewAge:
@@ -138,7 +125,7 @@ def _age(f: ViewFreshness) -> ViewAge:
 
 
 @bentoml.service(name="kairos", workers=SETTINGS.serving.workers, threads=SETTINGS.serving.threads,
-                 traffic={"timeout": 30})
+                 traffic={"timeout": 30}, logging={"access": {"enabled": SETTINGS.serving.access_log}})
 @bentoml.asgi_app(app, path="/")
 class Kairos:
     """See the module docstring."""
@@ -149,8 +136,8 @@ class Kairos:
         self.limiter = RateLimiter(SETTINGS.serving.rate_limit)
         self.threads = anyio.CapacityLimiter(SETTINGS.serving.threads)
         self.budget = SETTINGS.serving.feature_budget.total_seconds()
-        # a read past its budget is answered degraded; its thread is freed by the socket timeout soon after
-        self.reader = OnlineReader.from_settings(SETTINGS, timeout=max(0.25, 10 * self.budget))
+        # a Redis read past the budget fails (its socket times out) and is answered degraded
+        self.reader = OnlineReader.from_settings(SETTINGS, timeout=self.budget)
         self.champions = Champions(SETTINGS)
         refreshed = self.champions.refresh()
         for model in refreshed.missing:
@@ -181,28 +168,24 @@ class Kairos:
                                 headers={"Retry-After": retry_after(wait)})
         return who
 
-    async def read(self, views: tuple[FeatureView, ...], keys: dict[str, str]) -> tuple[
+    def read(self, views: tuple[FeatureView, ...], keys: dict[str, str]) -> tuple[
             dict[str, StoredRow] | None, str | None]:
-        """Every view's row in one round trip, within the feature budget; ``(None, reason)`` when not. A view whose
-        key the request does not give (no session) is left out: it reads as a cold start."""
-        t0 = time.perf_counter()
+        """Every view's row in one round trip; ``(None, reason)`` when the store fails or its client times out
+        (Redis sockets wait at most the feature budget). A view whose key the request does not give (no session)
+        is left out: it reads as a cold start."""
         views = tuple(v for v in views if v.entity.join_key in keys)
         if not views:
             return {}, None
-        rows: dict[str, StoredRow] | None = None
-        reason: str | None = None
+        t0 = time.perf_counter()
         try:
-            with anyio.move_on_after(self.budget) as scope:
-                rows = await anyio.to_thread.run_sync(self.reader.read, views, keys, limiter=self.threads,
-                                                      abandon_on_cancel=True)
-            if scope.cancelled_caught:
-                reason = f"the online store did not answer within {self.budget * 1000:g} ms (serving.feature_budget)"
-        except Exception as e:  # the store is down: answer from defaults, say why
-            reason = f"the online store is unavailable ({type(e).__name__}: {e})"
-        outcome = "ok" if rows is not None else "timeout" if reason and "within" in reason else "error"
-        FEATURE_READ_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - t0)
-        if rows is None:
+            rows: dict[str, StoredRow] | None = self.reader.read(views, keys)
+            reason, outcome = None, "ok"
+        except Exception as e:  # the store is down or slow: answer from defaults, say why
+            rows, outcome = None, "timeout" if "timeout" in type(e).__name__.lower() else "error"
+            reason = (f"the online store did not answer within {self.budget * 1000:g} ms (serving.feature_budget)"
+                      if outcome == "timeout" else f"the online store is unavailable ({type(e).__name__}: {e})")
             FALLBACKS.labels(reason=outcome).inc()
+        FEATURE_READ_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - t0)
         return rows, reason
 
     def vectors(self, services: tuple[FeatureService, ...], rows: dict[str, StoredRow] | None, at: datetime,
@@ -256,8 +239,14 @@ class Kairos:
                                     "(or `make train`), then POST /v1/admin/reload")
             champions[m] = c
         at = body.request_time.astimezone(UTC) if body.request_time else datetime.now(UTC)
+        out = await anyio.to_thread.run_sync(self.score_now, body, champions, at, limiter=self.threads)
+        out.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
+        return out
+
+    def score_now(self, body: ScoreRequest, champions: dict[str, Champion], at: datetime) -> ScoreResponse:
+        """The blocking part of a score, in one worker thread: one read, the vectors, the predictions."""
         services = tuple({c.contract.feature_service: c.service() for c in champions.values()}.values())
-        rows, reason = await self.read(stored_views(services), _keys(body.user_id, body.session_id))
+        rows, reason = self.read(stored_views(services), _keys(body.user_id, body.session_id))
         vectors = self.vectors(services, rows, at, reason)
         scores: dict[str, ModelScore] = {}
         for m, c in champions.items():
@@ -268,8 +257,7 @@ class Kairos:
                                    feature_service=c.contract.feature_service)
         views = {v: _age(f) for vec in vectors.values() for v, f in vec.views.items()}
         return ScoreResponse(user_id=body.user_id, session_id=body.session_id, request_time=at, scores=scores,
-                             views=views, degraded=rows is None, reason=reason,
-                             latency_ms=round((time.perf_counter() - t0) * 1000, 3))
+                             views=views, degraded=rows is None, reason=reason, latency_ms=0.0)
 
     @app.get("/v1/users/{user_id}/features", response_model=FeatureVector, responses=PROBLEMS)
     async def features(self, user_id: str, request: Request, service: str = "purchase_propensity_v1",
@@ -286,8 +274,12 @@ class Kairos:
             names = ", ".join(s.name for s in REGISTRY.services)
             raise HTTPException(422, f"service: {service!r} is not a feature service (one of {names})") from None
         at = datetime.now(UTC)
-        rows, reason = await self.read(svc.stored_views, _keys(user_id, session_id))
-        vec = self.vectors((svc,), rows, at, reason)[svc.name]
+
+        def vector() -> Vector:
+            rows, reason = self.read(svc.stored_views, _keys(user_id, session_id))
+            return self.vectors((svc,), rows, at, reason)[svc.name]
+
+        vec = await anyio.to_thread.run_sync(vector, limiter=self.threads)
         return FeatureVector(user_id=user_id, session_id=session_id, service=svc.name, request_time=at,
                              values=vec.values, views={v: _age(f) for v, f in vec.views.items()},
                              degraded=vec.degraded, reason=vec.reason)
