@@ -72,11 +72,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import free_port, write_result
+from bench.common import write_result
 from bench.loadgen import percentiles_ms, session_id, user_id
 from conf.settings import Settings, load_settings
 from features import spec
-from kairos.server import ServerProcess
+from kairos.server import ServerProcess, free_port
 from serving.models import Champion, Champions
 from serving.online import OnlineReader
 from serving.vector import cold_row, stored_views

@@ -61,8 +61,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from bench.common import PeakRss, free_port, percentiles, write_result
+from bench.common import PeakRss, percentiles, write_result
 from conf.settings import load_settings
+from kairos.server import free_port
 from pipelines.ingest.eventlog import encode_json
 from pipelines.ingest.kafka import publish_to_kafka
 from pipelines.stream.changelog import read_drops

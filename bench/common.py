@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import threading
 import time
@@ -74,10 +73,3 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2, default=str))
     return path
-
-
-def free_port() -> int:
-    """A port the OS picks, for a server a benchmark starts."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -228,6 +228,8 @@ def _check_value(f: Field, value: Any) -> tuple[Any, str | None]:
             v = float(value)
             if not math.isfinite(v):
                 return None, f"must be finite, got {value!r}"
+    except OverflowError:
+        return None, f"is out of range, got {value!r:.40}"
     except (TypeError, ValueError) as exc:
         return None, str(exc)
     if f.min_value is not None and v < f.min_value:

@@ -2,7 +2,8 @@
 
 Simulate -> validate (dead letters) -> Spark backfill and a point-in-time training
 set (checked against the reference) -> Bytewax replay into the Feast online store
-and batch/stream parity -> an online read through a feature service -> training.
+and batch/stream parity -> an online read through a feature service -> training ->
+the service in the background, used over HTTP (:mod:`kairos.demo_client`).
 Each step reports what it did through a :class:`pipelines.progress.Progress` (bars
 under ``kairos``), and :func:`run` returns a :class:`DemoSummary`: one row per step,
 which :func:`render_summary` draws as the closing table.
@@ -64,6 +65,7 @@ class DemoSummary:
     parity_mismatches: int = 0
     online_mismatches: int = 0
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    served: dict[str, dict[str, float]] = field(default_factory=dict)  # who -> model -> score, from the service
 
     @property
     def agrees(self) -> bool:
@@ -257,6 +259,15 @@ def run(settings: Settings, *, users: int, days: int, fresh: bool = True, progre
                                     "alias": model.alias, "beats_baselines": model.beats_baselines}
             result.append(f"{name} AUC {model.auc['xgboost']:.3f} (logreg {model.auc['logreg']:.3f}, heuristic "
                           f"{model.auc['heuristic']:.3f}) v{model.version} -> {model.alias}")
+
+    with steps.step("Serve: bentoml serve in the background, events and scores over HTTP as a client sends them",
+                    "serve") as result:
+        from kairos.demo_client import run_client
+
+        client = run_client(settings, moments, at, say)
+        summary.served = {who: {m: round(s["score"], 4) for m, s in a.get("scores", {}).items()}
+                          for who, a in client.scores.items()}
+        result.append(client.summary())
     return summary
 
 

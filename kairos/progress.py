@@ -113,9 +113,12 @@ def quiet_dependencies(log_path: Path, *, console: Console | None = None) -> Ite
     saved = os.dup(2)
     with open(log_path, "ab") as fh:
         os.dup2(fh.fileno(), 2)
-        levels = {name: logging.getLogger(name).level for name in ("mlflow", "alembic", "py4j", "feast")}
+        levels = {name: logging.getLogger(name).level for name in ("mlflow", "alembic", "py4j", "feast", "bentoml")}
         for name in levels:
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # MLflow sets its loggers' level from this when it is imported, which may be inside the block
+        ours = "MLFLOW_LOGGING_LEVEL" not in os.environ
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
@@ -126,3 +129,5 @@ def quiet_dependencies(log_path: Path, *, console: Console | None = None) -> Ite
             os.close(saved)
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
+            if ours:
+                os.environ.pop("MLFLOW_LOGGING_LEVEL", None)

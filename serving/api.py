@@ -7,10 +7,10 @@ defaults because the online store was down or over its time budget), with the re
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 ViewState = Literal["fresh", "stale", "cold_start", "degraded"]
 
@@ -49,8 +49,22 @@ class EventsRejected(_Model):
 class ScoreRequest(_Model):
     user_id: str = Field(min_length=1, max_length=128)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
-    request_time: AwareDatetime | None = Field(default=None, description="default: now (UTC)")
+    request_time: AwareDatetime | None = Field(default=None, description="default: now (UTC); years 1970 to 2999")
     models: list[str] | None = Field(default=None, description="default: every served model")
+
+    @field_validator("request_time")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        """In UTC, and in a range where ages can be computed."""
+        if v is None:
+            return None
+        try:
+            utc = v.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range") from None
+        if not 1970 <= utc.year <= 2999:
+            raise ValueError("must be between 1970 and 2999")
+        return utc
 
 
 class ViewAge(_Model):

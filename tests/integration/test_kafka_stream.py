@@ -32,6 +32,7 @@ from conf.settings import Settings
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
+from kairos.server import free_port
 from pipelines.ingest.kafka import publish_to_kafka
 from pipelines.store.online import read_online
 from pipelines.store.repo import apply_repo
@@ -48,7 +49,6 @@ from tests.parity.test_stream_reference import (
     in_arrival_order,
     per_key,
 )
-from tests.servers import free_port
 
 RULES = EventRules(allowed_lateness=timedelta(hours=1))
 REPO = Path(__file__).resolve().parents[2]

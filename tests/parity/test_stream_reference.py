@@ -28,6 +28,7 @@ from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import Collision, Drop, EventRules, arrival_order_key
 from features.state import sweep
+from kairos.server import free_port
 from pipelines.ingest.eventlog import encode_json, write_jsonl
 from pipelines.stream.changelog import read_changelog, read_drops
 from pipelines.stream.engine import BytewaxEngine
@@ -37,7 +38,6 @@ from tests.adversarial import adversarial_log, minimal_logs
 from tests.builders import T0, make_event, minutes
 from tests.compare import same_typed as same
 from tests.conftest import settings_in
-from tests.servers import free_port
 
 LATENESS = timedelta(hours=1)
 RULES = EventRules(allowed_lateness=LATENESS)
