@@ -34,8 +34,8 @@ class ServerProcess:
     output goes to ``log``. A context manager; :class:`ServiceProcess` is the Kairos service."""
 
     def __init__(self, command: list[str], port: int, *, env: Mapping[str, str] | None = None, log: Path,
-                 host: str = "127.0.0.1") -> None:
-        self.command, self.host, self.port, self.log = command, host, port, log
+                 host: str = "127.0.0.1", cwd: Path = ROOT) -> None:
+        self.command, self.host, self.port, self.log, self.cwd = command, host, port, log, cwd
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -46,7 +46,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # its own process group: stop() ends its workers
         return self
 

@@ -69,6 +69,11 @@ from serving.security import Denied, KeyRing, Principal, RateLimiter, presented_
 from serving.vector import Vector, ViewFreshness, feature_vector, stored_views
 
 log = logging.getLogger("kairos.serving")
+if not logging.getLogger("kairos").handlers:  # BentoML configures its own loggers only: ours go to stderr too
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+    logging.getLogger("kairos").addHandler(_handler)
+    logging.getLogger("kairos").setLevel(logging.INFO)
 SETTINGS = load_settings()  # the service's configuration: YAML and KAIROS__* environment variables
 
 # -- metrics (bentoml.metrics: one registry across workers) ----------------------------------------------------------
@@ -145,8 +150,9 @@ class Kairos:
         self.champions.watch(SETTINGS.serving.reload_interval.total_seconds())
         self.topic = event_topic(SETTINGS)
         self.dead_letters = DeadLetterStore(path=SETTINGS.dead_letter_path / "api.jsonl", source="api")
-        log.info("kairos service: %d API keys, champions %s, online store %s, events to %s", len(self.keys),
-                 {m: c.version for m, c in self.champions.all().items()}, SETTINGS.online_store.type, self.topic.name)
+        log.info("kairos service from %s: %d API keys, champions %s, online store %s, events to %s", __file__,
+                 len(self.keys), {m: c.version for m, c in self.champions.all().items()},
+                 SETTINGS.online_store.type, self.topic.name)
 
     def __is_ready__(self) -> bool:
         return self.champions.ready and self.reader.ping()
