@@ -33,8 +33,8 @@ Load
       ``KAIROS__*`` environment variables), ready on ``/readyz``; its ``/metrics`` are read before and after each
       rate, so the server-side time per request (the FastAPI middleware's), the feature reads and the fallbacks
       by reason are reported beside the client's figures;
-    * ``service_omp1`` — a diagnostic: the same service with ``OMP_NUM_THREADS=1`` in its environment (XGBoost's
-      predictions then run on the calling thread instead of an OpenMP team of every core; see :class:`BarePath`);
+    * ``service_2w`` — a diagnostic: the same service with two workers (``KAIROS__SERVING__WORKERS=2``), one
+      process per core;
     * ``bare`` — ``uvicorn bench.bench_serving:bare_app`` (Starlette, one process, uvloop + httptools, no
       access log): JSON in, the bare path (boosters at one thread), JSON out; no auth, no pydantic, no metrics;
     * ``null`` — a raw ASGI app answering a fixed body under the same uvicorn: the generator and HTTP floor.
@@ -84,8 +84,8 @@ from serving.vector import cold_row, stored_views
 REPO = Path(__file__).resolve().parent.parent
 SCORE_P99_MS: dict[int, float] = {300: 10.0, 1000: 25.0}  # the issue's targets: req/s -> p99 ms, with 0 errors
 FEATURE_READ_RATIO = 5.0  # Kairos's feature read p99 at least this many times lower than Feast's
-# service_omp1, a diagnostic: the same service with XGBoost's OpenMP limited to one thread from the environment
-TARGET_ENV: dict[str, dict[str, str]] = {"service_omp1": {"OMP_NUM_THREADS": "1"}}
+# service_2w, a diagnostic: the same service with two worker processes
+TARGET_ENV: dict[str, dict[str, str]] = {"service_2w": {"KAIROS__SERVING__WORKERS": "2"}}
 CATEGORIES = ("shoes", "bags", "hats", "tops", "jeans", "jackets", "watches", "beauty", "home", "toys")
 PAGES = ("/home", "/sale", "/new", "/cart", "/help", "/account", "/checkout", "/search")
 _WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -404,7 +404,7 @@ def floors(settings: Settings, store: Any, users: int, *, calls: int, feast_call
 # ------------------------------------------------------------------------------------------- servers
 def command(target: str, port: int) -> list[str]:
     """The server process of a load target."""
-    if target in ("service", "service_omp1"):
+    if target in ("service", "service_2w"):
         return [sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", "127.0.0.1",
                 "--port", str(port)]
     app, factory = {"bare": ("bench.bench_serving:bare_app", True), "null": ("bench.bench_serving:null_app", False)}[
@@ -586,8 +586,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feast-calls", type=int, default=500, help="Feast get_online_features calls per service")
     p.add_argument("--train-users", type=int, default=300)
     p.add_argument("--train-days", type=int, default=8)
-    p.add_argument("--targets", default="service,service_omp1,bare,null",
-                   help="which servers to load, comma separated (service_omp1: the service with OMP_NUM_THREADS=1, "
+    p.add_argument("--targets", default="service,service_2w,bare,null",
+                   help="which servers to load, comma separated (service_2w: the service with two workers, "
                         "a diagnostic)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     p.add_argument("--quick", action="store_true", help="10k users, 5 s per rate, fewer calls: proves it works")
@@ -692,8 +692,8 @@ def main(argv: list[str] | None = None) -> None:
             "in, one online read, vectors, two inplace_predict, JSON out; no auth, validation or metrics); null = a "
             "raw ASGI app with a fixed answer under the same uvicorn: the floor of the generator and HTTP. "
             "server_side = the service's own /metrics over the rate's whole run, warm-up and drain included "
-            "(kairos_request_seconds is timed inside its FastAPI middleware). service_omp1 = the same service with "
-            "OMP_NUM_THREADS=1 in its environment, a diagnostic (the targets read service). The bare path's boosters "
+            "(kairos_request_seconds is timed inside its ASGI middleware). service_2w = the same service with two "
+            "worker processes, a diagnostic (the targets read service). The bare path's boosters "
             "predict at nthread=1 (floors.bare_path.predict_as_loaded_ms: as the service loads them). Floors run "
             "in this process before the servers start, on the same users.")
         results["targets"] = targets(results)

@@ -109,6 +109,9 @@ class KafkaTopic:
     def __init__(self, brokers: str, topic: str, *, timeout: float = 10.0) -> None:
         from confluent_kafka import Producer
 
+        from pipelines.ingest.kafka import ensure_topic
+
+        ensure_topic(brokers, topic, timeout=timeout)  # as the stream's producer does; an existing topic is kept
         self.name = f"kafka:{topic}"
         self.topic, self.timeout = topic, timeout
         self._producer = Producer({"bootstrap.servers": brokers, "linger.ms": 1, "enable.idempotence": True})

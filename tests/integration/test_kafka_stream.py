@@ -25,14 +25,18 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
-from conf.settings import Settings
+from conf.settings import Settings, load_settings
+from features.events import parse_time
 from features.reference import Reference
 from features.registry import REGISTRY
 from features.semantics import EventRules
 from kairos.server import free_port
+from pipelines.ingest.eventlog import DeadLetterStore, decode_json
 from pipelines.ingest.kafka import publish_to_kafka
 from pipelines.store.online import read_online
 from pipelines.store.repo import apply_repo
@@ -40,8 +44,9 @@ from pipelines.stream.changelog import read_changelog, read_drops
 from pipelines.stream.engine import BytewaxEngine
 from pipelines.stream.sources import kafka_source
 from pipelines.stream.types import StreamClock, StreamOutputs
+from serving.intake import KafkaTopic, check_batch, event_topic
 from tests.adversarial import adversarial_log
-from tests.builders import make_event
+from tests.builders import make_event, raw_event
 from tests.parity.test_stream_reference import (
     assert_drops_match,
     assert_matches_reference,
@@ -183,3 +188,38 @@ def test_live_cli_tails_the_topic_and_a_timer_expires_the_window_in_feast(broker
         proc.wait()
     rows = per_key(read_changelog(tmp_settings.data_path / "stream" / "changelog"))[(view.name, "s-live")]
     assert [(t, v["session_page_views_5m"]) for t, v in rows] == [(event["ingest_time"], 1), (expiry, 0)]
+
+
+def test_events_accepted_by_the_api_go_to_the_kafka_topic_in_order(broker: str, tmp_path: Path) -> None:
+    """The intake of ``POST /v1/events`` with ``stream.source: kafka``: accepted events land on the topic keyed by
+    user, in the order they came, for the stream to read; invalid ones and those without consent do not."""
+    topic = f"kairos.api.{uuid.uuid4().hex[:8]}"
+    settings = load_settings(data_dir=tmp_path, stream={"source": "kafka", "brokers": broker, "topic": topic})
+    now = datetime.now(UTC)
+    raws = [raw_event("page_view", user_id=f"api-u{i % 2}", session_id=f"api-s{i % 2}", event_time=now,
+                      event_id=f"api-{i}", page="/home", dwell_seconds=2.0) for i in range(6)]
+    raws.insert(3, {**raws[0], "event_id": "api-bad", "dwell_seconds": -1.0})
+    raws.append({**raws[1], "event_id": "api-no-consent", "consent_analytics": False})
+    raws = [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()} for r in raws]
+    intake = check_batch(raws, DeadLetterStore(path=tmp_path / "dead.jsonl", source="api"))
+    assert (len(intake.accepted), intake.rejected, intake.no_consent) == (6, 1, 1)
+    publisher = event_topic(settings)
+    assert isinstance(publisher, KafkaTopic) and publisher.name == f"kafka:{topic}"
+    publisher.append(intake.accepted)
+    publisher.close()
+
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": f"t-{topic}", "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    got: list[tuple[str, dict[str, Any]]] = []
+    deadline = time.monotonic() + 20
+    while len(got) < 6 and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            got.append((msg.key().decode(), decode_json(msg.value())))
+    consumer.close()
+    assert sorted(r["event_id"] for _, r in got) == [f"api-{i}" for i in range(6)]
+    assert all(key == record["user_id"] for key, record in got)
+    for user in ("api-u0", "api-u1"):  # a user's events in one partition, in the order they came
+        assert [r["event_id"] for k, r in got if k == user] == [f"api-{i}" for i in range(6) if f"api-u{i % 2}" == user]
+    assert all(parse_time(record["ingest_time"]) >= now for _, record in got)  # stamped on arrival by the intake
