@@ -49,12 +49,15 @@ def cyclic_garbage_after_run(root: Path, events: int) -> tuple[int, int]:
 
 
 def test_the_engine_leaves_no_cyclic_garbage_that_grows_with_the_events(tmp_path: Path) -> None:
-    small, small_rows = cyclic_garbage_after_run(tmp_path / "small", 300)
-    large, large_rows = cyclic_garbage_after_run(tmp_path / "large", 2400)
+    # the least of two runs of each size: other threads of the test process (a Spark gateway, MLflow, earlier
+    # tests' clients) can only add garbage while the collector is off, never take the dataflow's away
+    small, small_rows = min(cyclic_garbage_after_run(tmp_path / f"small{i}", 300) for i in range(2))
+    large, large_rows = min(cyclic_garbage_after_run(tmp_path / f"large{i}", 2400) for i in range(2))
     assert large_rows > 5 * small_rows > 0, (small_rows, large_rows)
     # what a run leaves once (Bytewax's and Feast's set-up) is the same for both; a cycle per event, row or batch
-    # would leave thousands more objects in the larger run
-    assert large - small < 200, f"{small} objects in cycles after {small_rows} rows, {large} after {large_rows}"
+    # would leave at least one object per extra row (thousands); a tenth of that is the bar
+    assert large - small < (large_rows - small_rows) / 10, (
+        f"{small} objects in cycles after {small_rows} rows, {large} after {large_rows}")
 
 
 def cyclic_garbage_after_kafka_run(brokers: str, root: Path, events: int) -> tuple[int, int]:
