@@ -184,7 +184,7 @@ def _entity_value(entity: spec.Entity, value: Any) -> ValueProto:
         return ValueProto(string_val=value)
     if entity.dtype == "int64":
         return ValueProto(int64_val=int(value))
-    raise NotImplementedError(f"entity {entity.name!r}: join keys of dtype {entity.dtype!r} are not supported")
+    raise ValueError(f"entity {entity.name!r}: join keys of dtype {entity.dtype!r} are not supported")
 
 
 def _request_value(field: spec.RequestField, value: Any) -> Any:
@@ -281,7 +281,7 @@ def _redis_pool(connection_string: str, trace: Trace | None, timeout: float | No
     # the reader connects where Feast writes, with the same options (db, password, ssl, ...)
     nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
     if len(nodes) != 1:
-        raise NotImplementedError(f"one Redis server expected, got {connection_string!r}")
+        raise ValueError(f"one Redis server expected, got {connection_string!r}")
     params = dict(params)
     cls = _TracedSSLConnection if params.pop("ssl", False) else _TracedConnection
     params.pop("decode_responses", None)  # values are proto bytes
@@ -321,7 +321,7 @@ class OnlineReader:
             warnings.warn(f"serving.online mirrors Feast {FEAST_LAYOUT_VERSION}'s online-store layout, Feast is "
                           f"{feast.__version__}: run tests/integration/test_online_reader.py", stacklevel=2)
         if config.registry.enable_online_feature_view_versioning:
-            raise NotImplementedError("online feature-view versioning changes table and field names: not supported")
+            raise ValueError("online feature-view versioning changes table and field names: not supported")
         self.project: str = config.project
         self.registry = registry
         self._key_version: int = config.entity_key_serialization_version
@@ -343,12 +343,12 @@ class OnlineReader:
             self._connections: list[sqlite3.Connection] = []
         elif kind == "redis" or kind.endswith("RedisOnlineStore"):
             if getattr(online, "redis_type", "redis") != "redis":  # RedisType is a str enum
-                raise NotImplementedError(f"redis_type {online.redis_type!r}: only a single Redis server is supported")
+                raise ValueError(f"redis_type {online.redis_type!r}: only a single Redis server is supported")
             self.backend = "redis"
             self._pool = _redis_pool(online.connection_string, trace, timeout)
             self._redis = redis.Redis(connection_pool=self._pool)
         else:
-            raise NotImplementedError(f"online store {kind!r}: only sqlite and redis are supported")
+            raise ValueError(f"online store {kind!r}: only sqlite and redis are supported")
 
     @classmethod
     def from_settings(cls, settings: Settings, *, registry: Registry = REGISTRY, trace: Trace | None = None,
