@@ -190,12 +190,12 @@ def fill_online(store: Any, views: Sequence[spec.FeatureView], users: int, *, se
 class BarePath:
     """The least a score needs: one online read of the stored views the champions' services read (those whose join
     key the request carries; the others are cold starts, as the service answers them), each service's vector (the
-    on-demand features, ``compute_vector``) and one ``inplace_predict`` per champion.
+    on-demand features, ``compute_vector``) and one prediction per champion (``Champion.score``: XGBoost's in-place
+    prediction through :mod:`serving.predict`; ``floors.bare_path.inplace_predict_ms`` times ``inplace_predict``).
 
-    ``predict_threads``: set on these champions' own boosters (``nthread``). The boosters load with ``nthread=0``
-    (every core): a one-row prediction then runs as an OpenMP team of 2 threads here, and its barrier waits for the
-    second thread to be scheduled — tens of ms on a busy 2-core machine (``floors.bare_path.predict_as_loaded_ms``
-    shows it). One thread is what a one-row prediction needs; ``None`` leaves the boosters as loaded."""
+    ``predict_threads``: set on these champions' own boosters (``nthread``; :class:`serving.models.Champions` loads
+    them at 1 already: a one-row prediction as an OpenMP team of 2 threads waits at its barrier for the second to be
+    scheduled, tens of ms on a busy 2-core machine). ``None`` leaves the boosters as loaded."""
 
     def __init__(self, reader: OnlineReader, champions: Sequence[Champion], *, predict_threads: int | None = 1
                  ) -> None:
@@ -327,28 +327,34 @@ def floors(settings: Settings, store: Any, users: int, *, calls: int, feast_call
             read.append(r)
             vec.append(v)
             pred.append(p)
-        # the same predictions with the boosters as the service loads them (nthread=0: an OpenMP team per call)
-        as_loaded = load_champions(settings)
-        vectors = [{s.name: reader.compute_vector(s, {**path.cold, **reader.read(path.readable(request_keys(i)),
-                                                                                  request_keys(i))})
-                    for s in path.services} for i in picks[:200]]
-        loaded = []
+        # the same predictions through XGBoost's own Booster.inplace_predict (serving.predict makes its C call
+        # without its Python overhead): the floor the issue names, beside the one the service uses
+        model_rows = [{c.model: c.row(vector[c.contract.feature_service]) for c in path.champions}
+                for vector in ({s.name: reader.compute_vector(s, {**path.cold, **reader.read(
+                    path.readable(request_keys(i)), request_keys(i))}) for s in path.services} for i in picks[:200])]
+        inplace, row_predictor = [], []
         for j in range(calls):
-            vector = vectors[j % len(vectors)]
+            model_row = model_rows[j % len(model_rows)]
             t0 = time.perf_counter()
-            for c in as_loaded:
-                c.score(vector[c.contract.feature_service])
-            loaded.append(time.perf_counter() - t0)
+            for c in path.champions:
+                c.booster.inplace_predict(model_row[c.model])
+            t1 = time.perf_counter()
+            for c in path.champions:
+                c.predict(model_row[c.model])
+            row_predictor.append(time.perf_counter() - t1)
+            inplace.append(t1 - t0)
         out["bare_path"] = {"request_keys": sorted(request_keys(0)), "views_read": [v.name for v in
                                                                                   path.readable(request_keys(0))],
                             "models": [c.model for c in path.champions], "predict_threads": 1,
                             "total_ms": _stats(total), "read_ms": _stats(read), "vectors_ms": _stats(vec),
-                            "predict_ms": _stats(pred), "predict_as_loaded_ms": _stats(loaded),
-                            "booster_nthread_as_loaded": [_nthread(c.booster) for c in as_loaded]}
+                            "predict_ms": _stats(pred), "inplace_predict_ms": _stats(inplace),
+                            "row_predictor_ms": _stats(row_predictor),
+                            "booster_nthread": [_nthread(c.booster) for c in path.champions]}
         b = out["bare_path"]
         say(f"  bare path: p50 {b['total_ms']['p50']} ms, p99 {b['total_ms']['p99']} ms (read p50 "
-            f"{b['read_ms']['p50']}, vectors {b['vectors_ms']['p50']}, predict {b['predict_ms']['p50']}; predict with "
-            f"the boosters as loaded: p50 {b['predict_as_loaded_ms']['p50']}, p99 {b['predict_as_loaded_ms']['p99']})")
+            f"{b['read_ms']['p50']}, vectors {b['vectors_ms']['p50']}, predict {b['predict_ms']['p50']}; both models "
+            f"by XGBoost's inplace_predict: p50 {b['inplace_predict_ms']['p50']}, by serving.predict: p50 "
+            f"{b['row_predictor_ms']['p50']})")
         client = reader._redis  # the reader's own pool: one round trip to the same server
         pings = []
         for _ in range(calls):
@@ -407,9 +413,10 @@ def command(target: str, port: int) -> list[str]:
     if target in ("service", "service_2w"):
         return [sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", "127.0.0.1",
                 "--port", str(port)]
-    app, factory = {"bare": ("bench.bench_serving:bare_app", True), "null": ("bench.bench_serving:null_app", False)}[
-        target]
-    return [sys.executable, "-m", "uvicorn", app, *(["--factory"] if factory else []), "--host", "127.0.0.1",
+    app, factory = {"bare": ("bench.bench_serving:bare_app", True), "bare_2w": ("bench.bench_serving:bare_app", True),
+                    "null": ("bench.bench_serving:null_app", False)}[target]
+    workers = ["--workers", "2"] if target.endswith("_2w") else []
+    return [sys.executable, "-m", "uvicorn", app, *(["--factory"] if factory else []), *workers, "--host", "127.0.0.1",
             "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 
 
@@ -586,9 +593,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feast-calls", type=int, default=500, help="Feast get_online_features calls per service")
     p.add_argument("--train-users", type=int, default=300)
     p.add_argument("--train-days", type=int, default=8)
-    p.add_argument("--targets", default="service,service_2w,bare,null",
-                   help="which servers to load, comma separated (service_2w: the service with two workers, "
-                        "a diagnostic)")
+    p.add_argument("--targets", default="service,service_2w,bare,bare_2w,null",
+                   help="which servers to load, comma separated (_2w: two worker processes)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     p.add_argument("--quick", action="store_true", help="10k users, 5 s per rate, fewer calls: proves it works")
     a = p.parse_args(argv)
@@ -689,12 +695,15 @@ def main(argv: list[str] | None = None) -> None:
             "cores. server_cpu_ms_per_answer = server cpu / ok answers per s (approximate: the CPU window includes "
             "the drain). gen lag = when the generator got to a request minus its intended time. "
             "bare = Starlette on uvicorn (uvloop, httptools, one process, no access log) doing the bare path (JSON "
-            "in, one online read, vectors, two inplace_predict, JSON out; no auth, validation or metrics); null = a "
-            "raw ASGI app with a fixed answer under the same uvicorn: the floor of the generator and HTTP. "
+            "in, one online read, vectors, two predictions, JSON out; no auth, validation or metrics); null = a "
+            "raw ASGI app with a fixed answer under the same uvicorn: the floor of the generator and HTTP; bare_2w = "
+            "bare in two uvicorn worker processes: what two cores give a Python server doing the bare path. "
             "server_side = the service's own /metrics over the rate's whole run, warm-up and drain included "
-            "(kairos_request_seconds is timed inside its ASGI middleware). service_2w = the same service with two "
-            "worker processes, a diagnostic (the targets read service). The bare path's boosters "
-            "predict at nthread=1 (floors.bare_path.predict_as_loaded_ms: as the service loads them). Floors run "
+            "(kairos_request_seconds is timed inside its ASGI middleware). service = the service as "
+            "configured (serving.workers); service_2w = the same with two worker processes (the targets read "
+            "service). The bare path's boosters "
+            "predict at nthread=1 through serving.predict (floors.bare_path.inplace_predict_ms: the same rows "
+            "through XGBoost's Booster.inplace_predict; row_predictor_ms: through serving.predict). Floors run "
             "in this process before the servers start, on the same users.")
         results["targets"] = targets(results)
         path = write_result("serving", results)

@@ -230,7 +230,7 @@ class ServingSettings(_Section):
 
     models: tuple[str, ...] = ("purchase_propensity", "churn")  # each served from its ``champion`` alias
     workers: int = Field(default=1, ge=1)  # processes; each loads the champions and its own connections
-    threads: int = Field(default=4, ge=1)  # per worker, for the sync work (online reads, predictions)
+    threads: int = Field(default=4, ge=1)  # per worker, for blocking I/O (event appends, model loads)
     feature_budget: timedelta = timedelta(milliseconds=15)  # past this, answer with cold-start defaults, degraded
     reload_interval: timedelta = timedelta(seconds=30)  # how often to look for a moved champion alias
     max_request_bytes: int = Field(default=1_000_000, ge=1)
@@ -239,6 +239,8 @@ class ServingSettings(_Section):
     keys_file: str = ""  # keys created by ``kairos keys create`` (hashes only); empty: data_dir/api_keys.yaml
     rate_limit: RateLimitSettings = RateLimitSettings()
     access_log: bool = False  # BentoML's line per request (its cost shows at hundreds of requests a second)
+    # OpenTelemetry spans for /v1/ requests (BentoML's ASGI middleware; its cost shows too): on with an exporter
+    tracing: bool = False
     events_log: str = ""  # the embedded event topic (the stream's replay file); empty: data_dir/stream.jsonl
 
     @field_validator("feature_budget", "reload_interval", mode="before")

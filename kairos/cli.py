@@ -274,12 +274,15 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
 ) -> None:
     """Serve scores, features and event intake: `bentoml serve serving.service:Kairos` on the settings."""
+    import os
     import subprocess
+
+    from kairos.server import NO_TRACKING
 
     root = Path(__file__).resolve().parents[1]  # where the serving package lives (a checkout or site-packages)
     console.print(f"bentoml serve serving.service:Kairos on http://{host}:{port} (OpenAPI: /v1/openapi.json)")
     code = subprocess.call([sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", host,
-                            "--port", str(port), "--working-dir", str(root)])
+                            "--port", str(port), "--working-dir", str(root)], env={**NO_TRACKING, **os.environ})
     raise typer.Exit(code)
 
 

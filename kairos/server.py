@@ -100,12 +100,16 @@ class ServerProcess:
         self.stop()
 
 
+# BentoML reports usage to its makers from every `bentoml serve` unless told not to; Kairos does not phone home
+NO_TRACKING: dict[str, str] = {"BENTOML_DO_NOT_TRACK": "True"}
+
+
 class ServiceProcess(ServerProcess):
     """``bentoml serve serving.service:Kairos`` (``workers``: ``serving.workers`` for this process)."""
 
     def __init__(self, port: int, *, env: Mapping[str, str] | None = None, log: Path, host: str = "127.0.0.1",
                  workers: int | None = None) -> None:
-        extra = dict(env or {})
+        extra = {**NO_TRACKING, **(env or {})}
         if workers is not None:
             extra["KAIROS__SERVING__WORKERS"] = str(workers)
         super().__init__([sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", host,

@@ -5,7 +5,7 @@ extra tasks and streams, a measurable share of a sub-millisecond answer). It
 
 * answers 413 for a ``Content-Length`` over the limit, and for a body that grows past it
   without one, before the route reads it;
-* observes each request's latency by route template and status (``bentoml.metrics``);
+* observes each request's latency by route template and status (:mod:`serving.metrics`);
 * turns an unexpected exception into a 503 naming its type (logged once, with the traceback),
   unless the answer had already started.
 """

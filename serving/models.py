@@ -4,7 +4,8 @@ Each model of ``serving.models`` is served from the version holding its ``champi
 (:mod:`training.registry`), with the contract training logged beside it
 (:class:`training.contract.ModelContract`: feature service, feature list in column order,
 training-set fingerprint). The XGBoost booster itself is loaded (``mlflow.xgboost``), so a
-score is one ``inplace_predict`` on a float64 row, not a pandas round trip through pyfunc.
+score is one in-place prediction (:mod:`serving.predict`) on a float64 row, not a pandas round trip
+through pyfunc.
 
 :meth:`Champions.refresh` asks the registry which version holds each alias and loads the
 versions that changed, off to the side; only then is the new :class:`Champion` put in
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ import numpy.typing as npt
 from conf.settings import Settings
 from features.registry import REGISTRY, Registry
 from features.spec import FeatureService
+from serving.predict import RowPredictor
 from training.contract import ModelContract
 from training.registry import CHAMPION, client_for, model_contract, registered_model_name
 
@@ -45,6 +47,10 @@ class Champion:
     contract: ModelContract
     booster: Any  # xgboost.Booster
     loaded_at: datetime
+    predict: RowPredictor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "predict", RowPredictor(self.booster))
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -59,7 +65,8 @@ class Champion:
                         dtype=np.float64)
 
     def score(self, values: dict[str, Any]) -> float:
-        return float(self.booster.inplace_predict(self.row(values))[0])
+        """The model's value for a feature vector: ``booster.inplace_predict(row)[0]``, by :mod:`serving.predict`."""
+        return self.predict(self.row(values))
 
 
 @dataclass
@@ -76,8 +83,11 @@ class Champions:
     """The champion of each model (``None`` until one is registered); thread-safe."""
 
     def __init__(self, settings: Settings, models: Sequence[str] | None = None, *, alias: str = CHAMPION,
-                 registry: Registry = REGISTRY) -> None:
+                 registry: Registry = REGISTRY, on_load: Callable[[Champion], None] | None = None) -> None:
+        """``on_load`` is called with each champion once it is in place (at a refresh, in the caller's thread or
+        the periodic check's)."""
         self.settings = settings
+        self.on_load = on_load
         self.models = tuple(models if models is not None else settings.serving.models)
         self.alias = alias
         self.registry = registry
@@ -131,10 +141,12 @@ class Champions:
                     out.errors[model] = f"{name} v{version.version}: {e}"
                     log.error("could not load %s v%s: %s", name, version.version, e)
                     continue
-                self._current = {**self._current, model: Champion(
-                    model=model, registered_model=name, version=str(version.version), contract=contract,
-                    booster=booster, loaded_at=datetime.now(UTC))}
+                champion = Champion(model=model, registered_model=name, version=str(version.version),
+                                    contract=contract, booster=booster, loaded_at=datetime.now(UTC))
+                self._current = {**self._current, model: champion}
                 out.loaded[model] = str(version.version)
+                if self.on_load is not None:
+                    self.on_load(champion)
                 log.info("serving %s v%s (%s)", name, version.version, self.alias)
         self.last_refresh = out
         return out

@@ -16,16 +16,19 @@ Endpoints (typed in :mod:`serving.api`; the OpenAPI document is ``/v1/openapi.js
 ``POST /v1/admin/reload``                    admin           look for moved champion aliases now
 ``GET /healthz``, ``/livez``, ``/readyz``    -               BentoML's probes; ready = champions loaded
                                                              and the online store reachable
-``GET /metrics``                             -               Prometheus (``bentoml.metrics``)
+``GET /metrics``                             -               Prometheus, every worker's (:mod:`serving.metrics`)
 ==========================================  ==============  ==========================================
 
-Sizing for 2 cores: ``serving.workers`` processes (default 1) each run the event loop and
-``serving.threads`` threads (default 4) for the blocking work. A request makes one hop to a
-thread, which does the online read (one round trip), the vectors and the predictions (each
-model on one thread: ``nthread=1``), so the loop only parses and answers, and a few threads
-keep the store busy. Each worker loads the champions and keeps its own connections.
+Sizing for 2 cores: ``serving.workers`` processes (default 1) each run one event loop, and a
+score never leaves it. The online read is asynchronous (one round trip; the loop serves other
+requests while the store answers), and the vectors and predictions (each booster on one thread,
+``nthread=1``; well under a millisecond of CPU together) run in place: a hop to a thread would
+add a GIL hand-off to every request, where threads cannot run Python in parallel anyway. The
+``serving.threads`` threads (default 4) do the blocking I/O that has no asyncio client:
+appending events to the topic (a file, or Kafka) and loading models. Each worker loads the
+champions and keeps its own connections.
 
-Degraded, never a 500: an online read that fails, or whose Redis socket waits past
+Degraded, never a 500: an online read that fails, or does not answer within
 ``serving.feature_budget``, is answered from cold-start defaults, flagged ``degraded`` with
 the reason; a missing champion is a 503 saying what to run; an unexpected error is logged
 and answered 503 (:mod:`serving.middleware`).
@@ -62,6 +65,7 @@ from serving.api import (
     ViewAge,
 )
 from serving.intake import check_batch, event_topic
+from serving.metrics import service_metrics
 from serving.middleware import Guard
 from serving.models import Champion, Champions
 from serving.online import OnlineReader, StoredRow
@@ -75,22 +79,6 @@ if not logging.getLogger("kairos").handlers:  # BentoML configures its own logge
     logging.getLogger("kairos").addHandler(_handler)
     logging.getLogger("kairos").setLevel(logging.INFO)
 SETTINGS = load_settings()  # the service's configuration: YAML and KAIROS__* environment variables
-
-# -- metrics (bentoml.metrics: one registry across workers) ----------------------------------------------------------
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-REQUEST_SECONDS = bentoml.metrics.Histogram(name="kairos_request_seconds", documentation="request latency",
-                                            labelnames=["endpoint", "status"], buckets=_BUCKETS)
-FEATURE_READ_SECONDS = bentoml.metrics.Histogram(name="kairos_feature_read_seconds",
-                                                 documentation="one online read of every view a request needs",
-                                                 labelnames=["outcome"], buckets=_BUCKETS)
-MODEL_SECONDS = bentoml.metrics.Histogram(name="kairos_model_seconds", documentation="one model's prediction",
-                                          labelnames=["model"], buckets=_BUCKETS)
-FALLBACKS = bentoml.metrics.Counter(name="kairos_fallbacks_total", labelnames=["reason"],
-                                    documentation="answers from cold-start defaults (degraded) by reason")
-STALE_VIEWS = bentoml.metrics.Counter(name="kairos_stale_views_total", labelnames=["view"],
-                                      documentation="stale stored rows answered by the view's on_stale policy")
-EVENTS = bentoml.metrics.Counter(name="kairos_events_total", labelnames=["outcome"],
-                                 documentation="events received: accepted, rejected (dead-lettered), no_consent")
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no API key, or an unknown one"},
@@ -118,10 +106,20 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 
 def _observe(route: str, status: int, seconds: float) -> None:
-    REQUEST_SECONDS.labels(endpoint=route, status=str(status)).observe(seconds)
+    service_metrics().request_seconds.labels(endpoint=route, status=str(status)).observe(seconds)
 
 
 app.add_middleware(Guard, max_body=SETTINGS.serving.max_request_bytes, observe=_observe)
+
+
+async def _current_service() -> Any:
+    return bentoml.get_current_service()
+
+
+# BentoML binds ``self`` of the routes below with ``Depends(bentoml.get_current_service)``, a sync function, which
+# FastAPI runs in its thread pool: a thread hop (and a GIL hand-off) on every request for a global read. The
+# same dependency, async, is awaited in place.
+app.dependency_overrides[bentoml.get_current_service] = _current_service
 
 
 def _age(f: ViewFreshness) -> ViewAge:
@@ -130,7 +128,8 @@ def _age(f: ViewFreshness) -> ViewAge:
 
 
 @bentoml.service(name="kairos", workers=SETTINGS.serving.workers, threads=SETTINGS.serving.threads,
-                 traffic={"timeout": 30}, logging={"access": {"enabled": SETTINGS.serving.access_log}})
+                 traffic={"timeout": 30}, logging={"access": {"enabled": SETTINGS.serving.access_log}},
+                 tracing={} if SETTINGS.serving.tracing else {"excluded_urls": ["/v1/"]})
 @bentoml.asgi_app(app, path="/")
 class Kairos:
     """See the module docstring."""
@@ -141,9 +140,10 @@ class Kairos:
         self.limiter = RateLimiter(SETTINGS.serving.rate_limit)
         self.threads = anyio.CapacityLimiter(SETTINGS.serving.threads)
         self.budget = SETTINGS.serving.feature_budget.total_seconds()
-        # a Redis read past the budget fails (its socket times out) and is answered degraded
+        # a read not answered within the budget gives up (TimeoutError) and is answered degraded
         self.reader = OnlineReader.from_settings(SETTINGS, timeout=self.budget)
-        self.champions = Champions(SETTINGS)
+        self.metrics = service_metrics()
+        self.champions = Champions(SETTINGS, on_load=self.published)
         refreshed = self.champions.refresh()
         for model in refreshed.missing:
             log.warning("no champion for %s yet: run `kairos train`; /v1/score answers 503 for it", model)
@@ -154,14 +154,19 @@ class Kairos:
                  len(self.keys), {m: c.version for m, c in self.champions.all().items()},
                  SETTINGS.online_store.type, self.topic.name)
 
+    def published(self, champion: Champion) -> None:
+        """A champion now in place: this worker's ``kairos_champion_version`` says so (MLflow versions are
+        numbers)."""
+        self.metrics.champion_version.labels(model=champion.model).set(float(champion.version))
+
     def __is_ready__(self) -> bool:
         return self.champions.ready and self.reader.ping()
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
         self.champions.stop()
         self.topic.close()
-        self.reader.close()
+        await self.reader.aclose()
 
     # -- the shell's steps ---------------------------------------------------------------------------------------
     def authorize(self, request: Request, scope: Scope) -> Principal:
@@ -174,24 +179,24 @@ class Kairos:
                                 headers={"Retry-After": retry_after(wait)})
         return who
 
-    def read(self, views: tuple[FeatureView, ...], keys: dict[str, str]) -> tuple[
+    async def read(self, views: tuple[FeatureView, ...], keys: dict[str, str]) -> tuple[
             dict[str, StoredRow] | None, str | None]:
-        """Every view's row in one round trip; ``(None, reason)`` when the store fails or its client times out
-        (Redis sockets wait at most the feature budget). A view whose key the request does not give (no session)
+        """Every view's row in one round trip, without blocking the event loop; ``(None, reason)`` when the store
+        fails or does not answer within the feature budget. A view whose key the request does not give (no session)
         is left out: it reads as a cold start."""
         views = tuple(v for v in views if v.entity.join_key in keys)
         if not views:
             return {}, None
         t0 = time.perf_counter()
         try:
-            rows: dict[str, StoredRow] | None = self.reader.read(views, keys)
+            rows: dict[str, StoredRow] | None = await self.reader.aread(views, keys)
             reason, outcome = None, "ok"
         except Exception as e:  # the store is down or slow: answer from defaults, say why
             rows, outcome = None, "timeout" if "timeout" in type(e).__name__.lower() else "error"
             reason = (f"the online store did not answer within {self.budget * 1000:g} ms (serving.feature_budget)"
                       if outcome == "timeout" else f"the online store is unavailable ({type(e).__name__}: {e})")
-            FALLBACKS.labels(reason=outcome).inc()
-        FEATURE_READ_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - t0)
+            self.metrics.fallbacks.labels(reason=outcome).inc()
+        self.metrics.feature_read_seconds.labels(outcome=outcome).observe(time.perf_counter() - t0)
         return rows, reason
 
     def vectors(self, services: tuple[FeatureService, ...], rows: dict[str, StoredRow] | None, at: datetime,
@@ -200,7 +205,7 @@ class Kairos:
         for vec in out.values():
             for view, f in vec.views.items():
                 if f.state == "stale":
-                    STALE_VIEWS.labels(view=view).inc()
+                    self.metrics.stale_views.labels(view=view).inc()
         return out
 
     # -- endpoints -----------------------------------------------------------------------------------------------
@@ -215,14 +220,14 @@ class Kairos:
         intake = check_batch(batch.events, self.dead_letters)
         errors = [EventError(index=p.index, event_id=p.event_id, field=p.field, problem=p.problem)
                   for p in intake.problems]
-        EVENTS.labels(outcome="rejected").inc(intake.rejected)
-        EVENTS.labels(outcome="no_consent").inc(intake.no_consent)
+        self.metrics.events.labels(outcome="rejected").inc(intake.rejected)
+        self.metrics.events.labels(outcome="no_consent").inc(intake.no_consent)
         if intake.rejected == len(batch.events):
             return JSONResponse(EventsRejected(detail=f"none of the {intake.rejected} events is valid; they were "
                                                "sent to the dead-letter store", errors=errors).model_dump(),
                                 status_code=422)
         await anyio.to_thread.run_sync(self.topic.append, intake.accepted, limiter=self.threads)
-        EVENTS.labels(outcome="accepted").inc(len(intake.accepted))
+        self.metrics.events.labels(outcome="accepted").inc(len(intake.accepted))
         return EventsAccepted(accepted=len(intake.accepted), rejected=intake.rejected, no_consent=intake.no_consent,
                               errors=errors, topic=self.topic.name)
 
@@ -245,20 +250,22 @@ class Kairos:
                                     "(or `make train`), then POST /v1/admin/reload")
             champions[m] = c
         at = body.request_time.astimezone(UTC) if body.request_time else datetime.now(UTC)
-        out = await anyio.to_thread.run_sync(self.score_now, body, champions, at, limiter=self.threads)
+        services = tuple({c.contract.feature_service: c.service() for c in champions.values()}.values())
+        rows, reason = await self.read(stored_views(services), _keys(body.user_id, body.session_id))
+        out = self.score_rows(body, champions, services, rows, reason, at)
         out.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
         return out
 
-    def score_now(self, body: ScoreRequest, champions: dict[str, Champion], at: datetime) -> ScoreResponse:
-        """The blocking part of a score, in one worker thread: one read, the vectors, the predictions."""
-        services = tuple({c.contract.feature_service: c.service() for c in champions.values()}.values())
-        rows, reason = self.read(stored_views(services), _keys(body.user_id, body.session_id))
+    def score_rows(self, body: ScoreRequest, champions: dict[str, Champion], services: tuple[FeatureService, ...],
+                   rows: dict[str, StoredRow] | None, reason: str | None, at: datetime) -> ScoreResponse:
+        """The CPU part of a score, in place on the event loop (well under a millisecond): the vectors, the
+        predictions (each booster on one thread) and the answer."""
         vectors = self.vectors(services, rows, at, reason)
         scores: dict[str, ModelScore] = {}
         for m, c in champions.items():
             t1 = time.perf_counter()
             value = c.score(vectors[c.contract.feature_service].values)
-            MODEL_SECONDS.labels(model=m).observe(time.perf_counter() - t1)
+            self.metrics.model_seconds.labels(model=m).observe(time.perf_counter() - t1)
             scores[m] = ModelScore(score=value, registered_model=c.registered_model, version=c.version,
                                    feature_service=c.contract.feature_service)
         views = {v: _age(f) for vec in vectors.values() for v, f in vec.views.items()}
@@ -280,12 +287,8 @@ class Kairos:
             names = ", ".join(s.name for s in REGISTRY.services)
             raise HTTPException(422, f"service: {service!r} is not a feature service (one of {names})") from None
         at = datetime.now(UTC)
-
-        def vector() -> Vector:
-            rows, reason = self.read(svc.stored_views, _keys(user_id, session_id))
-            return self.vectors((svc,), rows, at, reason)[svc.name]
-
-        vec = await anyio.to_thread.run_sync(vector, limiter=self.threads)
+        rows, reason = await self.read(svc.stored_views, _keys(user_id, session_id))
+        vec = self.vectors((svc,), rows, at, reason)[svc.name]
         return FeatureVector(user_id=user_id, session_id=session_id, service=svc.name, request_time=at,
                              values=vec.values, views={v: _age(f) for v, f in vec.views.items()},
                              degraded=vec.degraded, reason=vec.reason)

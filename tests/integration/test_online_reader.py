@@ -9,6 +9,7 @@ the Redis connection's sends).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -126,6 +127,7 @@ def check_against_feast(store: FeatureStore, reader: OnlineReader, settings: Set
             assert differences(got, want) == {}, (service.name, keys)
         rows = reader.read(list(VIEWS.values()), keys)
         assert list(rows) == list(VIEWS)
+        assert asyncio.run(reader.aread(list(VIEWS.values()), keys)) == rows, "the event loop's read is the same"
         for view in VIEWS.values():
             key = keys[view.entity.join_key]
             stored = rows[view.name]
@@ -219,6 +221,43 @@ def test_one_read_is_one_round_trip(settings: Settings) -> None:
         for _ in range(5):
             reader.feature_vector(service, keys, request_time=AT)
         assert len(sent) == 5, "a feature vector is one read"
+
+        async def on_a_loop() -> list[str]:
+            await reader.aread(service, keys)  # the loop's pool opens its connection
+            sent.clear()
+            assert await reader.aread(service, keys) == rows
+            return list(sent)
+
+        on_loop = asyncio.run(on_a_loop())
+        assert len(on_loop) == 1, on_loop
+        assert on_loop[0].startswith("SELECT") if settings.online_store.type == "sqlite" else \
+            on_loop == ["HMGET HMGET HMGET"], on_loop
+
+
+def test_a_read_on_the_loop_gives_up_after_the_timeout(valkey: ValkeyServer, tmp_settings: Settings) -> None:
+    """A Redis server that holds every command (``CLIENT PAUSE``): the loop's read raises ``TimeoutError`` after the
+    reader's timeout, and the next one, the server answering again, reads on a fresh connection."""
+    settings = load_settings(data_dir=tmp_settings.data_path,
+                             online_store={"type": "redis", "connection_string": f"127.0.0.1:{valkey.port}"})
+    store = apply_repo(settings)
+    view = VIEWS["user_commerce"]
+    write_online_rows(store, view, [row_of(view, "u1", T0, 1, view.feature_names)])
+
+    async def reads(reader: OnlineReader) -> tuple[float, dict[str, Any]]:
+        await reader.aread([view], {"user_id": "u1"})
+        assert valkey.client().execute_command("CLIENT", "PAUSE", 1500, "ALL") in (b"OK", "OK", True)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await reader.aread([view], {"user_id": "u1"})
+        waited = time.monotonic() - t0
+        await asyncio.sleep(1.6)  # the pause is over
+        return waited, await reader.aread([view], {"user_id": "u1"})
+
+    with OnlineReader.from_settings(settings, timeout=0.1) as reader:
+        waited, rows = asyncio.run(reads(reader))
+        assert waited < 1.0, f"the read waited {waited:.2f} s: the pause, not the timeout"
+        assert rows == reader.read([view], {"user_id": "u1"})
+        assert rows[view.name].written
 
 
 def test_ping_says_whether_the_store_answers(settings: Settings) -> None:

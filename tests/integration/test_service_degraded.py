@@ -2,8 +2,10 @@
 
 Requests keep coming while valkey is stopped and started again on the same port. Every
 answer must be a 200, flagged ``degraded`` with the reason while the store is away, and
-answers must recover by themselves once it is back. With no champion registered, the score
-endpoint answers 503 saying what to run.
+answers must recover by themselves once it is back. The same while valkey is there but slow
+(``CLIENT PAUSE``: it holds every command for seconds): the answers do not wait for it, they
+come from cold-start defaults once the feature budget has passed. With no champion
+registered, the score endpoint answers 503 saying what to run.
 """
 
 from __future__ import annotations
@@ -82,6 +84,47 @@ def test_answers_stay_2xx_while_valkey_is_down_and_recover(redis_service: tuple[
     assert all(d for _, _, d, _ in during), [a for a in during if not a[2]][:3]
     assert all("online store" in (r or "") for _, _, _, r in during)
     assert not any(d for _, _, d, _ in after), [a for a in after if a[2]][:3]
+
+
+def test_a_slow_store_is_answered_after_the_budget_not_waited_for(
+        redis_service: tuple[ServiceProcess, str, ValkeyServer, str]) -> None:
+    process, key, valkey, user = redis_service
+    pause = 3.0
+    answers: list[tuple[float, float, int, bool | None, str | None]] = []  # sent, seconds, status, degraded, reason
+
+    def traffic(stop: threading.Event) -> None:
+        with httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as c:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                r = c.post("/v1/score", json={"user_id": user})
+                body = r.json()
+                answers.append((t0, time.monotonic() - t0, r.status_code, body.get("degraded"), body.get("reason")))
+                time.sleep(0.01)
+
+    stop = threading.Event()
+    senders = [threading.Thread(target=traffic, args=(stop,)) for _ in range(3)]
+    for t in senders:
+        t.start()
+    try:
+        time.sleep(1.0)
+        paused_at = time.monotonic()
+        assert valkey.client().execute_command("CLIENT", "PAUSE", int(pause * 1000), "ALL") in (b"OK", "OK", True)
+        time.sleep(pause + 1.5)
+    finally:
+        stop.set()
+        for t in senders:
+            t.join(timeout=30)
+    assert {s for _, _, s, _, _ in answers} == {200}
+    during = [a for a in answers if paused_at + 0.1 < a[0] < paused_at + pause - 0.5]
+    after = [a for a in answers if a[0] > paused_at + pause + 0.5]
+    assert len(during) >= 10 and after
+    assert all(d for *_, d, _ in during), [a for a in during if not a[3]][:3]
+    assert all("did not answer within 50 ms" in (r or "") for *_, r in during), during[:3]
+    # each answer came long before the store did: the budget (50 ms) and the rest of the request, not the pause
+    assert max(seconds for _, seconds, *_ in during) < pause / 2, max(seconds for _, seconds, *_ in during)
+    assert not any(d for *_, d, _ in after), [a for a in after if a[3]][:3]
+    metrics = httpx.get(f"{process.url}/metrics", timeout=10).text
+    assert 'kairos_fallbacks_total{reason="timeout"}' in metrics
 
 
 def test_no_champion_is_a_503_that_says_what_to_run(tmp_path: Path) -> None:
