@@ -85,9 +85,17 @@ bento: install ## `bentoml build`: the service as a bento, its requirements expo
 simulate: install ## `kairos simulate`: an event log into var/data/events (USERS=2000 DAYS=14)
 	$(RUN) kairos simulate --users $${USERS:-2000} --days $${DAYS:-14}
 
-import-example: install ## `kairos import`: the sample retailer export into var/data/imported
+RETAIL_DIR ?= var/retail
+RETAIL_CUSTOMERS ?= 2000
+
+import-example: install ## A synthetic retailer export (RETAIL_CUSTOMERS) -> `kairos import` -> `kairos train --task repurchase_90d` in RETAIL_DIR
 	$(RUN) kairos import --mapping conf/importers/retail_transactions.yaml \
-		--input tests/golden/retail_transactions.csv --out var/data/imported
+		--input tests/golden/retail_transactions.csv --out $(RETAIL_DIR)/golden-events
+	$(RUN) python -m pipelines.ingest.transactions --customers $(RETAIL_CUSTOMERS) --months 18 \
+		--out $(RETAIL_DIR)/export.csv
+	KAIROS__DATA_DIR=$(RETAIL_DIR) $(RUN) kairos import --mapping conf/importers/retail_transactions.yaml \
+		--input $(RETAIL_DIR)/export.csv
+	KAIROS__DATA_DIR=$(RETAIL_DIR) $(RUN) kairos train --task repurchase_90d
 
 clean: ## Remove generated data (var/) and caches
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PACKAGED_CONFIG = Path(__file__).resolve().parent / "kairos.yaml"  # the embedded defaults, shipped with the package
@@ -162,6 +162,54 @@ class XGBoostSettings(_Section):
     nthread: int = Field(default=2, ge=1)
 
 
+class TrainingTaskSettings(_Section):
+    """A training task a user configures for their own log (``training.tasks.<name>``), with no code change.
+
+    * ``decision_points``: ``in_session`` (moments inside sessions, as serving asks: today's purchase model) or
+      ``cutoffs``: every customer seen before each cutoff date, on ``schedule`` (monthly: the 1st of each month,
+      UTC), from ``first_cutoff`` or the first schedule date at least ``min_history`` after the log's first event,
+      as a CRM trains a churn or repurchase model;
+    * ``target``: ``purchase`` (the customer buys within ``horizon`` after the decision point) or ``churn`` (no
+      event of the customer within ``horizon``);
+    * the split: with cutoffs, the latest ``test_cutoffs`` cutoffs are the holdout and a train cutoff's label window
+      ends by the first test cutoff (``cutoff + horizon <= first test cutoff``), so no training label looks into
+      the test period; in session, ``training.test_fraction`` and ``embargo``;
+    * ``baselines``: besides logistic regression, ``bgnbd`` fits the classical BG/NBD model on the same train
+      period (it reads frequency, recency and age from the feature service: ``customer_value_v1`` has them).
+    """
+
+    feature_service: str
+    decision_points: Literal["in_session", "cutoffs"] = "cutoffs"
+    target: Literal["purchase", "churn"] = "purchase"
+    horizon: timedelta
+    schedule: Literal["daily", "weekly", "monthly"] = "monthly"
+    first_cutoff: datetime | None = None
+    min_history: timedelta = timedelta(days=90)
+    test_cutoffs: int = Field(default=3, ge=1)
+    embargo: timedelta = timedelta(0)  # in session only: the gap between the last train and the first test point
+    baselines: tuple[Literal["bgnbd"], ...] = ("bgnbd",)
+    label_rate_min: float = Field(default=0.01, ge=0, le=1)
+    label_rate_max: float = Field(default=0.99, ge=0, le=1)
+    max_null_rate: float = Field(default=0.0, ge=0, le=1)
+    exclude_features: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("horizon", "min_history", "embargo", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("first_cutoff")
+    @classmethod
+    def _midnight(cls, v: datetime | None) -> datetime | None:
+        if v is not None and (v.tzinfo is None or v.utcoffset() != timedelta(0)
+                              or v != v.replace(hour=0, minute=0, second=0, microsecond=0)):
+            raise ValueError(f"first_cutoff must be a UTC midnight, got {v!r}")
+        return v
+
+
+BUILTIN_TASKS = ("purchase_propensity", "churn")  # trained from training.purchase and training.churn
+
+
 class TrainingSettings(_Section):
     seed: int = 7
     # decision points sampled per session, at the moments of its events (0: every event of the session)
@@ -181,11 +229,25 @@ class TrainingSettings(_Section):
         feature_service="churn_v1", horizon=timedelta(days=7), embargo=timedelta(days=1),
         label_rate_min=0.01, label_rate_max=0.6)
     xgboost: XGBoostSettings = XGBoostSettings()
+    # the tasks `kairos train` runs: the built-in two and/or names under ``tasks``
+    run: tuple[str, ...] = BUILTIN_TASKS
+    tasks: dict[str, TrainingTaskSettings] = Field(default_factory=dict)
 
     @field_validator("calendar_min_span", mode="before")
     @classmethod
     def _span(cls, v: Any) -> timedelta:
         return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> TrainingSettings:
+        clash = sorted(set(self.tasks) & set(BUILTIN_TASKS))
+        if clash:
+            raise ValueError(f"training.tasks {clash} reuse a built-in task's name")
+        unknown = [t for t in self.run if t not in BUILTIN_TASKS and t not in self.tasks]
+        if unknown:
+            raise ValueError(f"training.run names {unknown}, which are neither built-in tasks {list(BUILTIN_TASKS)} "
+                             f"nor under training.tasks ({sorted(self.tasks)})")
+        return self
 
 
 class SimulatorSettings(_Section):

@@ -27,8 +27,10 @@ from features.expr import (
     if_,
     ln1p,
     seconds_between,
+    utc_day,
 )
 from features.spec import (
+    LIFETIME,
     REQUEST_TIME,
     W1H,
     W5M,
@@ -36,6 +38,9 @@ from features.spec import (
     W24H,
     W30D,
     W30D_HOURLY,
+    W90D,
+    W180D,
+    W365D,
     Aggregation,
     Derived,
     Entity,
@@ -61,6 +66,7 @@ EVENTS: Final = EventSource(
 COMMERCE = {"domain": "commerce"}
 ACCOUNT = {"domain": "account"}
 ENGAGE = {"domain": "engagement"}
+VALUE = {"domain": "customer_value"}
 
 # Words of help searches that ask how to leave: cancel, close or delete the account, get money back, complain.
 CANCEL_INTENT_WORDS: Final = ("cancel", "close account", "delete account", "refund", "unsubscribe", "complain")
@@ -279,6 +285,99 @@ SESSION_ACTIVITY: Final = FeatureView(
     ),
 )
 
+# --------------------------------------------------------------------------------------- customer value
+def _spend_and_orders(window: Window, span: str) -> tuple[Aggregation, ...]:
+    return (
+        Aggregation(name=f"user_spend_{window.name}", op=Sum(), input=col("amount"),
+                    event_types=frozenset({E.PURCHASE}), window=window, dtype="float64", default=0.0, min_value=0.0,
+                    tags=VALUE, description=f"Total order value {span}"),
+        _count(f"user_orders_{window.name}", {E.PURCHASE}, window, f"Orders {span}", tags=VALUE),
+    )
+
+
+# What a transaction export can fill (customer, time, amount): how much and how often a customer buys over
+# months and over their whole history, the inputs of RFM and of buy-till-you-die models. The long windows
+# have day tiles; the lifetime ones are one running state per customer (features/SEMANTICS.md).
+USER_VALUE: Final = FeatureView(
+    name="user_value",
+    entity=USER,
+    source=EVENTS,
+    description="A customer's purchases over 90, 180 and 365 days and their whole history: recency, frequency, "
+                "monetary value and inter-purchase time",
+    tags=VALUE,
+    aggregations=(
+        *_spend_and_orders(W90D, "in the last 90 days"),
+        *_spend_and_orders(W180D, "in the last 180 days"),
+        *_spend_and_orders(W365D, "in the last 365 days"),
+        *_spend_and_orders(LIFETIME, "since the customer's first purchase"),
+        Aggregation(name="user_purchase_days_365d", op=CountDistinct(), input=utc_day(col("event_time")),
+                    event_types=frozenset({E.PURCHASE}), window=W365D, dtype="int64", default=0, min_value=0,
+                    tags=VALUE, description="Distinct UTC days with a purchase in the last 365 days"),
+        Aggregation(name="user_purchase_days_lifetime", op=CountDistinct(), input=utc_day(col("event_time")),
+                    event_types=frozenset({E.PURCHASE}), window=LIFETIME, dtype="int64", default=0, min_value=0,
+                    tags=VALUE, description="Distinct UTC days with a purchase since the first (one integer per "
+                                            "purchase day is the state)"),
+        Aggregation(name="user_mean_order_value_lifetime", op=Mean(), input=col("amount"),
+                    event_types=frozenset({E.PURCHASE}), window=LIFETIME, dtype="float64", default=0.0,
+                    min_value=0.0, tags=VALUE,
+                    description="Monetary value: mean order value since the first purchase (0 without orders)"),
+        Aggregation(name="user_first_purchase_at_lifetime", op=Min(), input=col("event_time"),
+                    event_types=frozenset({E.PURCHASE}), window=LIFETIME, dtype="timestamp", default=None,
+                    tags=VALUE, description="Time of the customer's first purchase (null if none)"),
+        Aggregation(name="user_last_purchase_at_lifetime", op=Max(), input=col("event_time"),
+                    event_types=frozenset({E.PURCHASE}), window=LIFETIME, dtype="timestamp", default=None,
+                    tags=VALUE, description="Time of the customer's latest purchase (null if none)"),
+    ),
+    derived=(
+        Derived(name="user_repeat_purchase_days_lifetime", dtype="int64", default=0, min_value=0, tags=VALUE,
+                expr=greatest(col("user_purchase_days_lifetime") - 1, 0),
+                description="Frequency: purchase days after the first (BG/NBD's x, in days)"),
+        Derived(name="user_purchase_span_days_lifetime", dtype="float64", default=0.0, min_value=0.0, tags=VALUE,
+                expr=coalesce(seconds_between(col("user_last_purchase_at_lifetime"),
+                                              col("user_first_purchase_at_lifetime")) / 86400.0, 0.0),
+                description="Days from the first to the latest purchase (BG/NBD's t_x; 0 for one purchase day)"),
+        Derived(name="user_mean_interpurchase_days_lifetime", dtype="float64", default=0.0, min_value=0.0,
+                tags=VALUE,
+                expr=coalesce(seconds_between(col("user_last_purchase_at_lifetime"),
+                                              col("user_first_purchase_at_lifetime")) / 86400.0
+                              / (col("user_purchase_days_lifetime") - 1), 0.0),
+                description="Mean days between purchase days: (latest - first) / repeat purchase days "
+                            "(0 without a repeat)"),
+        Derived(name="user_mean_order_value_365d", dtype="float64", default=0.0, min_value=0.0, tags=VALUE,
+                expr=coalesce(col("user_spend_365d") / col("user_orders_365d"), 0.0),
+                description="Mean order value in the last 365 days (0 without orders)"),
+    ),
+)
+
+_NO_PURCHASE: Final = -1.0  # a day count of a customer without any purchase: no such day
+
+
+def _days_since(name: str, at: str, what: str) -> OnDemandFeature:
+    return OnDemandFeature(name=name, dtype="float64", default=_NO_PURCHASE, min_value=_NO_PURCHASE, tags=VALUE,
+                           expr=seconds_between(col("request_time"), col(at)) / 86400.0,
+                           description=f"Days since {what}, at request time (-1 without any purchase)")
+
+
+CUSTOMER_VALUE: Final = OnDemandView(
+    name="customer_value",
+    sources=(USER_VALUE,),
+    request_fields=(REQUEST_TIME,),
+    description="Recency, customer age and the current gap against the usual one, at request time",
+    features=(
+        _days_since("user_days_since_last_purchase", "user_last_purchase_at_lifetime",
+                    "the latest purchase (recency)"),
+        _days_since("user_days_since_first_purchase", "user_first_purchase_at_lifetime",
+                    "the first purchase (customer age, BG/NBD's T)"),
+        OnDemandFeature(name="user_purchase_gap_ratio", dtype="float64", default=_NO_PURCHASE,
+                        min_value=_NO_PURCHASE, tags=VALUE,
+                        expr=seconds_between(col("request_time"), col("user_last_purchase_at_lifetime")) / 86400.0
+                        / col("user_mean_interpurchase_days_lifetime"),
+                        description="The current gap against the usual one: days since the latest purchase over "
+                                    "the mean days between purchase days (-1 without a repeat purchase)"),
+    ),
+)
+
+
 # --------------------------------------------------------------------------------------- on demand
 _MONTH_S: Final = 30 * 86400.0
 _HOUR_S: Final = 3600.0
@@ -368,6 +467,15 @@ CHURN_V1: Final = FeatureService(
     description="Everything the churn model reads",
     views=(USER_ACCOUNT, USER_COMMERCE, USER_RECENCY, USER_ACTIVITY_RATES),
     tags={"model": "churn"},
+)
+# For logs of transactions only (customer, time, amount: an imported sales export): every feature it reads is
+# one such a log fills; clickstream features (views, carts, logins, devices) would be constant there.
+CUSTOMER_VALUE_V1: Final = FeatureService(
+    name="customer_value_v1",
+    description="Recency, frequency, customer age, monetary value, inter-purchase time and spend and orders over "
+                "90, 180, 365 days and lifetime: what a transaction-only log can fill",
+    views=(USER_VALUE, CUSTOMER_VALUE),
+    tags={"model": "repurchase", "source": "transactions"},
 )
 SESSION_TRIGGERS_V1: Final = FeatureService(
     name="session_triggers_v1",

@@ -17,10 +17,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 Number = int | float
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY = timedelta(days=1)
 
 
 class Expr(ABC):
@@ -278,6 +280,11 @@ def _day_of_week(v: Any) -> Any:
     return None if v is None else v.isoweekday()  # 1 = Monday ... 7 = Sunday
 
 
+def _utc_day(v: Any) -> Any:
+    # whole UTC days since the Unix epoch: floor division, so a time before midnight is the day before
+    return None if v is None else (v - _EPOCH) // _DAY
+
+
 def _eq(a: Any, b: Any) -> Any:
     return None if a is None or b is None else a == b
 
@@ -315,6 +322,7 @@ FUNCTIONS: dict[str, Any] = {
     "ln1p": _ln1p,
     "hour_of_day": _hour_of_day,
     "day_of_week": _day_of_week,
+    "utc_day": _utc_day,
 }
 
 
@@ -360,6 +368,11 @@ def hour_of_day(x: Expr) -> Func:
 
 def day_of_week(x: Expr) -> Func:
     return Func(name="day_of_week", args=(x,))
+
+
+def utc_day(x: Expr) -> Func:
+    """The UTC calendar day of a time, as whole days since 1970-01-01 (null for null)."""
+    return Func(name="utc_day", args=(x,))
 
 
 def eq(a: Expr | Number | str, b: Expr | Number | str) -> Func:

@@ -20,6 +20,7 @@ from features.semantics import (
     EventRules,
     admitted,
     event_order_key,
+    expires,
     in_window,
     tile_expiry,
     tile_start,
@@ -72,7 +73,8 @@ class Reference:
                 continue
             t = e["ingest_time"]
             live = any(agg.accepts(x) and agg.value_of(x) is not None
-                       and tile_expiry(tile_start(x["event_time"], agg.window), agg.window) > t
+                       and (not expires(agg.window)
+                            or tile_expiry(tile_start(x["event_time"], agg.window), agg.window) > t)
                        for x in taken for agg in view.aggregations)
             if not live:
                 owner = e.get(field)
@@ -134,13 +136,15 @@ class Reference:
         """Every time at which some value of ``view`` for ``key`` may change.
 
         That is each arrival of a matching event, and each time one of its tiles
-        leaves a window. The stream engine writes at exactly these times.
+        leaves a window (a lifetime window's never does). The stream engine writes at exactly these times.
         """
         points: set[datetime] = set()
         for e in self.entity_events(view, key):
             for agg in view.aggregations:
                 if agg.accepts(e) and agg.value_of(e) is not None:
                     points.add(e["ingest_time"])
+                    if not expires(agg.window):  # a lifetime window: its running state never leaves
+                        continue
                     expiry = tile_expiry(tile_start(e["event_time"], agg.window), agg.window)
                     if expiry > e["ingest_time"]:
                         points.add(expiry)

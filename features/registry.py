@@ -127,7 +127,9 @@ class Registry:
 REGISTRY = Registry(
     entities=(catalog.USER, catalog.SESSION),
     sources=(catalog.EVENTS,),
-    views=(catalog.USER_COMMERCE, catalog.USER_ACCOUNT, catalog.SESSION_ACTIVITY),
-    on_demand_views=(catalog.USER_RECENCY, catalog.USER_ACTIVITY_RATES, catalog.SESSION_CONTEXT),
-    services=(catalog.PURCHASE_PROPENSITY_V1, catalog.CHURN_V1, catalog.SESSION_TRIGGERS_V1),
+    views=(catalog.USER_COMMERCE, catalog.USER_ACCOUNT, catalog.SESSION_ACTIVITY, catalog.USER_VALUE),
+    on_demand_views=(catalog.USER_RECENCY, catalog.USER_ACTIVITY_RATES, catalog.SESSION_CONTEXT,
+                     catalog.CUSTOMER_VALUE),
+    services=(catalog.PURCHASE_PROPENSITY_V1, catalog.CHURN_V1, catalog.SESSION_TRIGGERS_V1,
+              catalog.CUSTOMER_VALUE_V1),
 )

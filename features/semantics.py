@@ -10,7 +10,8 @@ an entity *as of* time ``t`` aggregates the events that
    user, and an id seen under a second user is reported as a collision: :class:`Collision`);
 5. had *arrived* by ``t``: ``ingest_time <= t``;
 6. fall in the window: ``window_start(t) <= event_time`` where
-   ``window_start(t) = floor(t, hop) - length``.
+   ``window_start(t) = floor(t, hop) - length`` (a lifetime window has no start: every event since the
+   key's first counts, and nothing ever leaves it).
 
 Because ``event_time <= ingest_time`` (the event model guarantees it), rule 5
 implies ``event_time <= t``. Values therefore change only when an event arrives,
@@ -48,24 +49,35 @@ def floor_time(t: datetime, hop: timedelta) -> datetime:
 
 
 def tile_start(event_time: datetime, window: Window) -> datetime:
-    """The start of the tile (of width ``window.hop``) an event falls in."""
-    return floor_time(event_time, window.hop)
+    """The start of the tile (of width ``window.hop``) an event falls in; a lifetime window has one tile, at the
+    epoch (its running state)."""
+    return EPOCH if window.length is None else floor_time(event_time, window.hop)
 
 
-def window_start(as_of: datetime, window: Window) -> datetime:
-    """The earliest event time included in ``window`` as of ``as_of`` (inclusive)."""
-    return floor_time(as_of, window.hop) - window.length
+def window_start(as_of: datetime, window: Window) -> datetime | None:
+    """The earliest event time included in ``window`` as of ``as_of`` (inclusive); None for a lifetime window
+    (no bound: every event since the key's first)."""
+    return None if window.length is None else floor_time(as_of, window.hop) - window.length
 
 
 def in_window(event_time: datetime, as_of: datetime, window: Window) -> bool:
-    return window_start(as_of, window) <= event_time <= as_of
+    start = window_start(as_of, window)
+    return (start is None or start <= event_time) and event_time <= as_of
+
+
+def expires(window: Window) -> bool:
+    """Whether tiles of ``window`` ever leave it (every window but a lifetime one)."""
+    return window.length is not None
 
 
 def tile_expiry(tile: datetime, window: Window) -> datetime:
     """The first time at which a tile starting at ``tile`` is no longer in the window.
 
-    ``tile >= floor(t, hop) - length``  <=>  ``t < tile + length + hop``.
+    ``tile >= floor(t, hop) - length``  <=>  ``t < tile + length + hop``. A lifetime window's tile never
+    leaves (:func:`expires`): asking for its expiry is an error.
     """
+    if window.length is None:
+        raise ValueError("a lifetime window's running state never expires")
     return tile + window.length + window.hop
 
 

@@ -67,26 +67,43 @@ class EventSource:
 
 @dataclass(frozen=True, kw_only=True)
 class Window:
-    """A sliding window of ``length`` with tail precision ``hop``.
+    """A sliding window of ``length`` with tail precision ``hop``, or the key's whole history.
 
     As of time ``t`` the window holds events with
-    ``floor(t, hop) - length <= event_time <= t`` (see SEMANTICS.md).
+    ``floor(t, hop) - length <= event_time <= t`` (see SEMANTICS.md). ``length=None`` is a *lifetime*
+    window (Chronon's unbounded window): every event with ``event_time <= t`` since the key's first, kept as
+    one running state that never expires (``hop`` must then be one day: no tail ever leaves, so there is no
+    tail precision to choose).
     """
 
-    length: timedelta
+    length: timedelta | None
     hop: timedelta
 
     def __post_init__(self) -> None:
-        if self.hop <= timedelta(0) or self.length <= timedelta(0):
+        if self.hop <= timedelta(0) or (self.length is not None and self.length <= timedelta(0)):
             raise ValueError("window length and hop must be positive")
+        if self.length is None:
+            if self.hop != timedelta(days=1):
+                raise ValueError(f"a lifetime window has one running state: its hop must be 1 day, got {self.hop}")
+            return
         if self.length % self.hop:
             raise ValueError(f"hop {self.hop} must divide window length {self.length}")
         if timedelta(days=1) % self.hop:
             raise ValueError(f"hop {self.hop} must divide one day, so tiles align to UTC midnight")
 
     @property
+    def lifetime(self) -> bool:
+        """Everything since the key's first event: one running state, no expiry."""
+        return self.length is None
+
+    @property
+    def span(self) -> timedelta | None:
+        """How long after a tile's start it leaves the window (``length + hop``); None: never (lifetime)."""
+        return None if self.length is None else self.length + self.hop
+
+    @property
     def name(self) -> str:
-        return _fmt(self.length)
+        return "lifetime" if self.length is None else _fmt(self.length)
 
 
 W5M: Final = Window(length=timedelta(minutes=5), hop=timedelta(minutes=1))
@@ -96,7 +113,15 @@ W7D: Final = Window(length=timedelta(days=7), hop=timedelta(hours=1))
 W30D: Final = Window(length=timedelta(days=30), hop=timedelta(days=1))
 # 30 days at the 7-day window's hourly hop: their difference is then exactly the 23 days before the week
 W30D_HOURLY: Final = Window(length=timedelta(days=30), hop=timedelta(hours=1))
-WINDOWS: Final = (W5M, W1H, W24H, W7D, W30D, W30D_HOURLY)
+# Long windows on day tiles: a key holds at most one tile per day with an event (366 for a year), each a few
+# partials; the lifetime window is one running state per key, which never expires.
+W90D: Final = Window(length=timedelta(days=90), hop=timedelta(days=1))
+W180D: Final = Window(length=timedelta(days=180), hop=timedelta(days=1))
+W365D: Final = Window(length=timedelta(days=365), hop=timedelta(days=1))
+LIFETIME: Final = Window(length=None, hop=timedelta(days=1))
+WINDOWS: Final = (W5M, W1H, W24H, W7D, W30D, W30D_HOURLY, W90D, W180D, W365D, LIFETIME)
+# The TTL of a view with a lifetime window: its values never go back to the defaults by themselves
+NO_TTL: Final = timedelta.max
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,9 +257,16 @@ class FeatureView:
         return frozenset(a.window.hop for a in self.aggregations)
 
     @property
+    def lifetime(self) -> bool:
+        """Whether some aggregation has a lifetime window: the view's values never expire by themselves."""
+        return any(a.window.lifetime for a in self.aggregations)
+
+    @property
     def ttl(self) -> timedelta:
-        """After this long without events every windowed value is back at its default."""
-        return max(a.window.length + a.window.hop for a in self.aggregations)
+        """After this long without events every windowed value is back at its default: the longest window plus
+        its hop, or :data:`NO_TTL` (``timedelta.max``) for a view with a lifetime window, which never is."""
+        spans = [a.window.span for a in self.aggregations]
+        return max(s for s in spans if s is not None) if None not in spans else NO_TTL
 
     def event_types(self) -> frozenset[str]:
         """The event types any aggregation of the view reads: the only events its state needs to see."""

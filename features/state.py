@@ -4,8 +4,9 @@ This is the shared state machine that the engines adapt: the Spark builder runs
 it per key over a key's events in arrival order (a batch sweep), the Bytewax
 builder keeps it as keyed state and wakes it with timers. It holds one monoid
 partial per (aggregation, tile); a tile is dropped when it leaves its window
-(``tile_expiry``). Because every event it holds has arrived and every live tile
-is inside its window, the finalized state *is* the value as of "now"
+(``tile_expiry``; a lifetime window holds one running tile that never leaves). Because
+every event it holds has arrived and every live tile is inside its window, the
+finalized state *is* the value as of "now"
 (features/SEMANTICS.md), which the independent reference checks.
 
 It is the hot path of both engines, so it is compact and incremental: the tiles of one
@@ -39,8 +40,8 @@ class _Plan:
     """
 
     __slots__ = ("blanks", "by_type", "casts", "derived", "empty", "empty_row", "features", "finish", "full",
-                 "incremental", "loc", "names", "ops", "spans", "strides", "view", "window_aggs", "window_bits",
-                 "window_slots", "windows")
+                 "incremental", "lifetime", "loc", "names", "ops", "spans", "strides", "view", "window_aggs",
+                 "window_bits", "window_slots", "windows")
 
     def __init__(self, view: FeatureView) -> None:
         self.view = view  # holding the view keeps its id from being reused
@@ -66,7 +67,9 @@ class _Plan:
                             over_row))
         self.derived = tuple(derived)
         self.windows: tuple[Window, ...] = tuple(dict.fromkeys(a.window for a in aggs))
-        self.spans = tuple((w.length + w.hop) // MICROSECOND for w in self.windows)  # tile start -> tile expiry (us)
+        # tile start -> tile expiry (us); a lifetime window's one running tile (start 0) expires at NEVER: never
+        self.spans = tuple(NEVER if w.length is None else (w.length + w.hop) // MICROSECOND for w in self.windows)
+        self.lifetime = tuple(w for w, win in enumerate(self.windows) if win.length is None)
         window_aggs: list[list[int]] = [[] for _ in self.windows]
         for i, agg in enumerate(aggs):
             window_aggs[self.windows.index(agg.window)].append(i)
@@ -104,11 +107,15 @@ class _Plan:
                 by_type.setdefault(str(et), {}).setdefault(w, []).append(
                     (1 << i, i, j, where, value_of, const, agg.op.update, agg.op.init))
         self.by_type = {
-            et: tuple((w, self.windows[w].hop // MICROSECOND, self.spans[w], self.strides[w], tuple(targets))
+            et: tuple((w, NEVER if self.windows[w].length is None else self.windows[w].hop // MICROSECOND,
+                       self.spans[w], self.strides[w], tuple(targets))
                       for w, targets in sorted(groups.items()))
             for et, groups in by_type.items()}
 
 
+# A lifetime window's tile width and span (us): every event time (0 <= t < NEVER) floors to the one tile at 0,
+# which expires at NEVER, and NEVER is no expiry (it is kept out of ``_next``: no timer, never dropped).
+NEVER = 1 << 62
 _AT: dict[int, datetime] = {}  # expiry times, which tiles align: few distinct ones, shared by many keys' rows
 
 
@@ -181,7 +188,8 @@ class ViewState:
         state.tiles = snapshot
         state._dirty = state._plan.full  # every aggregation may have partials
         spans = state._plan.spans
-        state._next = min((wt[0] + spans[w] for w, wt in enumerate(snapshot) if wt), default=None)
+        state._next = min((wt[0] + spans[w] for w, wt in enumerate(snapshot) if wt and spans[w] < NEVER),
+                          default=None)
         return state
 
     # -- events and time -----------------------------------------------------------------------
@@ -261,8 +269,8 @@ class ViewState:
                 return at
         else:
             self.tiles[w] = [tile, *self._plan.blanks[w]]
-        nxt = self._next  # a window's oldest tile is new: it may leave first
-        if nxt is None or expiry < nxt:
+        nxt = self._next  # a window's oldest tile is new: it may leave first (a lifetime tile never does)
+        if (nxt is None or expiry < nxt) and expiry < NEVER:
             self._next = expiry
         return 0
 
@@ -290,6 +298,8 @@ class ViewState:
             if live is None:
                 continue
             span, stride = spans[w], strides[w]
+            if span == NEVER:  # a lifetime window's running state: nothing leaves it
+                continue
             if live[-stride] + span <= now:  # the whole window empties: its aggregations go to their empty values
                 all_tiles[w] = None
                 dirty |= plan.window_bits[w]
@@ -407,7 +417,11 @@ class ViewState:
         return dict(zip(self._plan.features, self.row(), strict=True))
 
     def is_empty(self) -> bool:
-        return self._next is None
+        """No live tile: nothing to expire, and no lifetime window's running state."""
+        if self._next is not None:
+            return False
+        tiles = self.tiles
+        return not any(tiles[w] for w in self._plan.lifetime)
 
 
 class Owner:

@@ -255,12 +255,21 @@ def train(
     events: Annotated[Path | None, typer.Option(help="event log directory (default: data_dir/events)")] = None,
     truth: Annotated[Path | None, typer.Option(help="simulator truth (default: truth/ beside the events)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="a task to train instead of training.run: "
+                                                   "purchase_propensity, churn or one under training.tasks "
+                                                   "(repeatable)")] = None,
 ) -> None:
-    """Train purchase propensity and churn: point-in-time training sets, XGBoost against the baselines, MLflow,
-    and the champion/challenger gate."""
+    """Train the tasks of training.run (purchase propensity and churn by default, or tasks configured under
+    training.tasks): point-in-time training sets, XGBoost against the baselines, MLflow, and the
+    champion/challenger gate."""
     s = settings()
+    try:
+        chosen = training_tasks(s, task)
+    except KeyError as exc:
+        console.print(f"[red]error:[/red] --task: {escape(str(exc.args[0]))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     with _Quiet(s):
-        report = jobs.train(s, events_dir=events, truth_dir=truth, progress=RichProgress(console))
+        report = jobs.train(s, events_dir=events, truth_dir=truth, progress=RichProgress(console), tasks=chosen)
     console.print(training_table(report))
     console.print(f"MLflow: {report.tracking_uri}")
     if json_out:
@@ -321,15 +330,31 @@ def keys_list() -> None:
     console.print(table("API keys", ["name", "key id", "scopes", "from"], rows))
 
 
+def training_tasks(s: Settings, names: list[str] | None) -> list[str] | None:
+    """``--task`` names, checked against the built-in tasks and training.tasks (KeyError naming the unknown)."""
+    if not names:
+        return None
+    known = ("purchase_propensity", "churn", *s.training.tasks)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"no training task {unknown}: choose from {list(known)}")
+    return names
+
+
 def training_table(report: Any) -> Table:
     rows = []
     for name, m in report.models.items():
         auc = m.metrics
-        rows.append([name, f"{auc['xgboost']['auc']:.4f}", f"{auc['logreg']['auc']:.4f}",
-                     f"{auc['heuristic']['auc']:.4f}", "-" if m.oracle_auc is None else f"{m.oracle_auc:.4f}",
+
+        def cell(scorer: str, auc: dict[str, dict[str, float]] = auc) -> str:
+            return f"{auc[scorer]['auc']:.4f}" if scorer in auc else "-"
+
+        rows.append([name, cell("xgboost"), cell("logreg"), cell("heuristic"), cell("bgnbd"),
+                     "-" if m.oracle_auc is None else f"{m.oracle_auc:.4f}",
                      "yes" if m.beats_baselines else "no", f"v{m.version}", m.alias])
     return table(f"models (holdout AUC), trained in {report.seconds:.0f}s",
-                 ["model", "xgboost", "logreg", "heuristic", "oracle", "beats both", "version", "alias"], rows)
+                 ["model", "xgboost", "logreg", "heuristic", "bg/nbd", "oracle", "beats all", "version", "alias"],
+                 rows)
 
 
 def _utc(t: datetime | None) -> datetime | None:

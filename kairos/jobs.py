@@ -13,7 +13,7 @@ step               does
 :func:`backfill`   Spark: every offline table for ``[start, end)`` (UTC days)
 :func:`stream`     Bytewax: the replay file or Kafka topic into the logs and the online store
 :func:`parity`     reference vs Spark vs Bytewax vs Feast on a simulated adversarial log
-:func:`train`      both models: point-in-time sets, XGBoost vs baselines, MLflow, the gate
+:func:`train`      the tasks of training.run: point-in-time sets, XGBoost vs baselines, MLflow, the gate
 =================  =======================================================================
 
 The engines import pyspark, bytewax, feast and mlflow, seconds each; each step imports
@@ -220,9 +220,10 @@ def parity(settings: Settings, *, users: int = 300, days: int = 6, start: dateti
 
 
 def train(settings: Settings, *, events_dir: Path | None = None, truth_dir: Path | None = None,
-          progress: Progress | None = None, spark: Any = None) -> TrainingReport:
-    """Train, validate, track and promote both models on the event log (Spark backfill first if the offline
-    tables are missing)."""
+          progress: Progress | None = None, spark: Any = None, tasks: list[str] | None = None) -> TrainingReport:
+    """Train, validate, track and promote the models of ``training.run`` (or ``tasks``) on the event log (Spark
+    backfill first of the offline tables they read that are missing)."""
     from training.pipeline import train_all
 
-    return train_all(settings, events_dir=events_dir, truth_dir=truth_dir, spark=spark, progress=progress or Silent())
+    return train_all(settings, events_dir=events_dir, truth_dir=truth_dir, spark=spark, progress=progress or Silent(),
+                     task_names=tasks)

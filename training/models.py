@@ -199,6 +199,28 @@ HEURISTICS: Final[dict[str, Heuristic]] = {
 }
 
 
+def _repurchase_rule(df: pd.DataFrame) -> FloatArray:
+    out: FloatArray = (np.minimum(df["user_orders_365d"].to_numpy(float), 99.0)
+                       - 0.001 * np.clip(df["user_days_since_last_purchase"].to_numpy(float), 0.0, 999.0))
+    return out
+
+
+def _lapse_rule(df: pd.DataFrame) -> FloatArray:
+    out: FloatArray = -_repurchase_rule(df)
+    return out
+
+
+# for tasks configured in settings (training.tasks), by target: RFM's rule of thumb on the customer-value features
+TARGET_HEURISTICS: Final[dict[str, Heuristic]] = {
+    "purchase": Heuristic(
+        description="orders in the last 365 days, then the more recent last purchase (tie-break)",
+        features=("user_orders_365d", "user_days_since_last_purchase"), score=_repurchase_rule),
+    "churn": Heuristic(
+        description="fewer orders in the last 365 days, then the older last purchase (tie-break)",
+        features=("user_orders_365d", "user_days_since_last_purchase"), score=_lapse_rule),
+}
+
+
 @dataclass
 class HeuristicModel:
     rule: Heuristic

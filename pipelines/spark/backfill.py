@@ -25,7 +25,9 @@ that no longer have rows. Running the same interval again gives the same tables,
 and consecutive intervals give the same tables as one run over their union.
 
 A change point at ``t >= start`` depends on events with
-``event_time >= start - (longest window + hop) - allowed lateness``: the window
+``event_time >= start - (longest window + hop) - allowed lateness`` of the views being
+built (a view with a lifetime window depends on every earlier event: a build with one
+reads the whole log before ``end``; build it apart, ``views=``, to keep the others' reads short): the window
 reaches back ``length + hop`` from ``t``, and an event arriving at ``t`` after its
 tile expired is still a (value-preserving) change point, which an event can do up
 to the allowed lateness after its event time. So an interval reads the event-log
@@ -105,22 +107,32 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
         self.end: datetime | None = None
         self.dead_letters: dict[str, int] = {}
         self._persisted: list[DataFrame] = []
+        self._views: list[spec.FeatureView] = []  # the views of the build under way (prepare)
         # the events the owner rule left out of a view (features.state.Owner), as "owner|event_id": they come
         # back from the executors as rows of the aggregation (COLLIDED), so no accumulator (Spark Connect has none)
         self._session_collisions: set[str] = set()
 
     # -- inputs --------------------------------------------------------------------------------
-    def context(self) -> timedelta:
-        """How much event time before an interval its change points depend on."""
-        return max(v.ttl for v in self.registry.views) + self.rules.allowed_lateness
+    def context(self) -> timedelta | None:
+        """How much event time before an interval the change points of the views being built depend on; None when
+        one has a lifetime window (its running state depends on every earlier event: the whole log is read)."""
+        views = self._views or list(self.registry.views)
+        if any(v.lifetime for v in views):
+            return None
+        return max(v.ttl for v in views) + self.rules.allowed_lateness
+
+    def prepare(self, steps: Sequence[Step]) -> None:
+        """The views of this build: the days an interval reads follow from their windows (:meth:`context`)."""
+        self._views = [v for s in steps for v in s.views]
 
     def read_events(self, path: Path | str | None = None, start: datetime | None = None,
                     end: datetime | None = None) -> DataFrame:
         """The event log (day-partitioned parquet) with its ``event_date``, pruned to what [start, end) needs."""
         schema = T.StructType([*EVENT_SPARK_SCHEMA.fields, T.StructField(PARTITION, T.StringType())])
         df = self.spark.read.schema(schema).parquet(str(path or self.settings.events_path))
-        if start is not None:
-            df = df.where(F.col(PARTITION) >= (start - self.context()).date().isoformat())
+        context = self.context()
+        if start is not None and context is not None:
+            df = df.where(F.col(PARTITION) >= (start - context).date().isoformat())
         if end is not None:
             # a partition is the day of the raw event_time, which validation clamps to ingest_time < end when at
             # most MAX_CLOCK_SKEW ahead: the day of `end` holds such rows in its first MAX_CLOCK_SKEW, none later

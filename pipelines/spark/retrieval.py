@@ -99,9 +99,10 @@ class SparkRetrieval(RetrievalEngine[DataFrame]):
                            *values(None))]
         for i, v in enumerate(views):
             table = self.offline_table(v)
-            if bounds is not None:
-                table = table.where((F.col(EVENT_TIMESTAMP) >= F.lit(bounds[0] - v.ttl))
-                                    & (F.col(EVENT_TIMESTAMP) <= F.lit(bounds[1])))
+            if bounds is not None:  # a row older than the TTL holds only defaults; a lifetime view's never expire
+                upper = F.col(EVENT_TIMESTAMP) <= F.lit(bounds[1])
+                table = table.where(
+                    upper if v.lifetime else (F.col(EVENT_TIMESTAMP) >= F.lit(bounds[0] - v.ttl)) & upper)
             parts.append(table.select(F.col(key).alias("_k"), F.col(EVENT_TIMESTAMP).alias("_t"), F.lit(0).alias("_q"),
                                       F.lit(None).cast(payload_type).alias("_p"), *values(i)))
         union = reduce(DataFrame.unionByName, parts)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pprint
 import warnings
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,11 @@ def batch_source(settings: Settings, view: spec.FeatureView) -> DataSource:
 
 
 
+def feast_ttl(view: spec.FeatureView) -> timedelta:
+    """The view's TTL as Feast takes it: its own, or 0 (Feast's "no TTL") for a view with a lifetime window."""
+    return timedelta(0) if view.lifetime else view.ttl
+
+
 def feast_objects(settings: Settings, registry: Registry = REGISTRY) -> list[Any]:
     """Every Feast object, generated from the specs."""
     entities = {e.name: Entity(name=e.name, join_keys=[e.join_key], value_type=FEAST_TYPES[e.dtype].to_value_type(),
@@ -118,7 +124,7 @@ def feast_objects(settings: Settings, registry: Registry = REGISTRY) -> list[Any
         fv = FeatureView(
             name=v.name,
             entities=[entities[v.entity.name]],
-            ttl=v.ttl,
+            ttl=feast_ttl(v),
             schema=[_field(f, v.tags_of(f)) for f in v.features],
             source=push,
             online=v.online,

@@ -147,8 +147,9 @@ def test_feast_cli_apply_registers_every_spec(tmp_path: Path) -> None:
                                                             for f in v.features]
         assert {f.name: (f.description, f.tags) for f in fv.features} == {
             f.name: (f.description, v.tags_of(f)) for f in v.features}
+        # a view with a lifetime window has no TTL: Feast's 0 ("none"); the others' is the longest window + hop
         assert (fv.ttl, fv.online, fv.entities, fv.description, fv.owner) == (
-            v.ttl, v.online, [v.entity.name], v.description, v.owner)
+            timedelta(0) if v.lifetime else v.ttl, v.online, [v.entity.name], v.description, v.owner)
         assert fv.stream_source is not None and fv.stream_source.name == f"{v.name}_push"
         assert isinstance(fv.batch_source, FileSource)
         assert fv.batch_source.path == str(tmp_path / "offline" / v.name)  # the settings', not the defaults'

@@ -260,7 +260,7 @@ def test_invalid_events_go_to_dead_letters_and_are_counted(tmp_settings: Setting
                                                      "id_collision": 0, "session_collision": 0}
     dead = (tmp_settings.dead_letter_path / "bytewax-0.jsonl").read_text()
     assert "log:bad-json" in dead and "amount" in dead and "must be >= 0" in dead
-    assert {r.view for r in memory} == {"user_commerce", "user_account", "session_activity"}
+    assert {r.view for r in memory} == {"user_commerce", "user_account", "session_activity", "user_value"}
 
 
 def test_cold_start_a_key_is_at_its_defaults_until_its_first_row(tmp_settings: Settings) -> None:

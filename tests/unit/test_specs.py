@@ -9,7 +9,7 @@ import pytest
 from features.aggregations import Count
 from features.expr import col
 from features.registry import REGISTRY, Registry
-from features.spec import Aggregation, Derived, FeatureView, Window
+from features.spec import LIFETIME, NO_TTL, W90D, W180D, W365D, Aggregation, Derived, FeatureView, Window
 
 SEED_FEATURES = [
     "user_total_spend_30d",
@@ -38,9 +38,9 @@ def test_every_feature_is_documented_typed_owned_tagged_and_defaulted() -> None:
             assert f.description and f.owner and o.tags_of(f)["on_demand"] == "true"
 
 
-def test_all_five_windows_and_all_aggregations_are_used() -> None:
+def test_every_window_and_all_aggregations_are_used() -> None:
     windows = {a.window.name for v in REGISTRY.views for a in v.aggregations}
-    assert windows == {"5m", "1h", "24h", "7d", "30d"}
+    assert windows == {"5m", "1h", "24h", "7d", "30d", "90d", "180d", "365d", "lifetime"}
     kinds = {a.op.kind for v in REGISTRY.views for a in v.aggregations}
     assert kinds == {"count", "sum", "mean", "min", "max", "last", "count_distinct", "top_k"}
 
@@ -50,6 +50,18 @@ def test_window_must_tile_a_day() -> None:
         Window(length=timedelta(minutes=5), hop=timedelta(minutes=2))
     with pytest.raises(ValueError, match="must divide one day"):
         Window(length=timedelta(hours=14), hop=timedelta(hours=7))
+
+
+def test_long_windows_tile_by_day_and_lifetime_is_one_running_state() -> None:
+    for w in (W90D, W180D, W365D):
+        assert w.hop == timedelta(days=1) and not w.lifetime and w.span == w.length + w.hop  # type: ignore[operator]
+    assert LIFETIME.lifetime and LIFETIME.span is None and LIFETIME.name == "lifetime"
+    with pytest.raises(ValueError, match="lifetime window has one running state"):
+        Window(length=None, hop=timedelta(hours=1))
+    value = REGISTRY.view("user_value")
+    assert value.lifetime and value.ttl == NO_TTL
+    assert not REGISTRY.view("user_commerce").lifetime
+    assert REGISTRY.view("user_commerce").ttl == timedelta(days=31)  # 30 days on a daily hop
 
 
 def test_bad_declarations_fail_with_their_name() -> None:
@@ -96,7 +108,8 @@ def test_compiled_expressions_equal_the_tree_walk() -> None:
     for v in REGISTRY.views:
         for d in v.derived:
             for _ in range(50):
-                row = {n: rng.choice([None, 0, 1, 2.5, 100.0, -3.0]) for n in d.expr.columns()}
+                row = {n: rng.choice([None, T0, T0 + timedelta(days=rng.randint(1, 400))]) if "_at_" in n
+                       else rng.choice([None, 0, 1, 2.5, 100.0, -3.0]) for n in d.expr.columns()}
                 assert d.expr.fn(row) == d.expr.evaluate(row), d.name
     for o in REGISTRY.on_demand_views:
         for f in o.features:
