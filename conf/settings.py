@@ -304,10 +304,21 @@ class ServingSettings(_Section):
     # OpenTelemetry spans for /v1/ requests (BentoML's ASGI middleware; its cost shows too): on with an exporter
     tracing: bool = False
     events_log: str = ""  # the embedded event topic (the stream's replay file); empty: data_dir/stream.jsonl
+    # the decision layer (POST /v1/decide, /v1/outcomes): its policy (empty: the packaged conf/policy.yaml), how long
+    # after a decision its outcome is attributed to it, and how the decision and outcome logs are buffered
+    policy_file: str = ""
+    attribution_window: timedelta = timedelta(hours=24)
+    decision_log_flush_rows: int = Field(default=500, ge=1)
+    decision_log_flush_interval: timedelta = timedelta(seconds=5)
 
     @field_validator("feature_budget", "reload_interval", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("attribution_window", "decision_log_flush_interval", mode="before")
+    @classmethod
+    def _decision_duration(cls, v: Any) -> timedelta:
         return parse_duration(v)
 
 

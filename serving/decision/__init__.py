@@ -10,6 +10,11 @@ Modules: :mod:`.config` (the policy and its version), :mod:`.conditions` (rule c
 and guardrails), :mod:`.scoring` (expected values), :mod:`.bandit` (Thompson sampling), :mod:`.holdout`,
 :mod:`.policy` (``decide``), :mod:`.ope` (off-policy estimators), :mod:`.readout` (holdout A/B/n and
 sample-ratio mismatch) and :mod:`.simulator` (users who respond to actions).
+
+Beside the pure layer, for the shells that call it (the service, a trigger consumer): :mod:`.store` (the shared
+state: bandit counts, user histories, pending decisions, on SQLite or Redis) and :mod:`.log` (the decision and
+outcome logs, parquet). They do I/O, so importing this package does not load them: their names below are
+imported on first use.
 """
 
 from serving.decision.bandit import EMPTY_STATE, BanditState, context_bucket, update
@@ -48,6 +53,24 @@ from serving.decision.policy import decide, probability_vector, record_outcome
 from serving.decision.readout import Readout, readout, srm_check
 from serving.decision.rules import Overrides, apply_overrides
 from serving.decision.scoring import expected_value, expected_values, success_probability
+
+_LAZY = {
+    "DecisionStore": "store", "SqliteDecisionStore": "store", "RedisDecisionStore": "store", "UserHistory": "store",
+    "Join": "store", "Pending": "store", "open_store": "store", "history_horizon": "store",
+    "PartitionedLog": "log", "DECISION_SCHEMA": "log", "OUTCOME_SCHEMA": "log", "decision_record": "log",
+    "read_decisions": "log", "read_outcomes": "log", "decisions_with_outcomes": "log",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The store's and the log's names, imported on first use (so that the pure layer loads no store)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "EMPTY_HISTORY", "EMPTY_STATE", "ActionSpec", "BanditState", "Cap", "ConditionError", "Decision",
