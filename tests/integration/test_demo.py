@@ -7,6 +7,7 @@ import re
 from typer.testing import CliRunner
 
 from conf.settings import Settings
+from features.registry import REGISTRY
 from kairos.cli import app
 
 
@@ -16,7 +17,8 @@ def test_demo_runs_end_to_end(tmp_settings: Settings) -> None:
     assert result.exit_code == 0, out[-3000:]
     for text in ("1. Simulate 120 users over 5 days", "amount: must be >= 0, got -12.5", "user_total_spend_30d",
                  "session_cart_idle_seconds",
-                 "registered 2 entities, 3 feature views, 3 on-demand views, 3 feature services",
+                 f"registered {len(REGISTRY.entities)} entities, {len(REGISTRY.views)} feature views, "
+                 f"{len(REGISTRY.on_demand_views)} on-demand views, {len(REGISTRY.services)} feature services",
                  "spark steps: session_activity:", "training set: 2,003 decision points", "bytewax (1 worker)",
                  "bytewax replay:", "purchase_propensity cross-validation:",
                  "0 disagreements between the reference, Spark, Bytewax and Feast",

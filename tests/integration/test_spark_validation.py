@@ -148,7 +148,9 @@ def test_a_clamped_event_stamped_after_midnight_belongs_to_the_day_it_arrived(tm
     inc_settings = settings_for(tmp_path / "inc")
     write_parquet(records_to_table(raws), inc_settings.events_path)
     inc = SparkBackfill(inc_settings, spark=spark)
-    bounds = (DAY1, DAY2, DAY3, DAY3 + timedelta(days=40))
+    # the last interval runs past every tile's expiry (the longest window's span: 365 days and a day tile)
+    span = max(a.window.span for v in REGISTRY.views for a in v.aggregations if a.window.span is not None)
+    bounds = (DAY1, DAY2, DAY3, DAY3 + span + timedelta(days=2))
     reports = [inc.backfill(start=a, end=z) for a, z in itertools.pairwise(bounds)]
     for view in REGISTRY.views:
         assert table_rows(inc, view) == table_rows(full, view), view.name
