@@ -98,6 +98,11 @@ class StreamSettings(_Section):
     # batch holds many events of each active key, so each key's per-call costs in the keyed step are shared:
     # 5,000 -> 50,000 took a 1,000-user replay from 11.8 to 9.0 s. A live stream still moves in small batches.
     batch_size: int = Field(default=50_000, gt=0)
+    # Where the stream writes trigger firings (features/trigger_catalog.py): ``log``, the embedded trigger log
+    # (JSON lines under :attr:`Settings.trigger_log_path`, beside the changelog), or ``kafka``, the topic
+    # ``trigger_topic`` on ``brokers`` (keyed by ``fire_id``: consumers deduplicate by it).
+    trigger_output: Literal["log", "kafka"] = "log"
+    trigger_topic: str = "kairos.triggers"
 
 
 class MlflowSettings(_Section):
@@ -391,6 +396,16 @@ class Settings(BaseSettings):
     @property
     def offline_path(self) -> Path:
         return self.data_path / "offline"
+
+    @property
+    def trigger_log_path(self) -> Path:
+        """The stream's embedded trigger log (JSON lines, one firing a line), beside its changelog."""
+        return self.data_path / "stream" / "triggers"
+
+    @property
+    def trigger_table_path(self) -> Path:
+        """The offline table of trigger firings Spark computes from the event log (parquet by ``fire_date``)."""
+        return self.data_path / "offline_triggers"
 
     @property
     def feature_repo_path(self) -> Path:

@@ -11,6 +11,7 @@ step               does
 :func:`import_log` a foreign export (CSV or parquet) as Kairos events, through a mapping
 :func:`apply`      the Feast repo generated from the specs, then ``feast apply``
 :func:`backfill`   Spark: every offline table for ``[start, end)`` (UTC days)
+:func:`triggers`   Spark: the offline table of trigger firings for ``[start, end)`` (UTC days)
 :func:`stream`     Bytewax: the replay file or Kafka topic into the logs and the online store
 :func:`parity`     reference vs Spark vs Bytewax vs Feast on a simulated adversarial log
 :func:`train`      the tasks of training.run: point-in-time sets, XGBoost vs baselines, MLflow, the gate
@@ -104,6 +105,15 @@ def backfill(settings: Settings, *, start: date | None = None, end: date | None 
     lo, hi = utc_midnight(start), utc_midnight(end)
     report = engine.backfill(lo, hi, views=chosen)
     return Backfilled(report, dict(engine.dead_letters), lo, hi)
+
+
+def triggers(settings: Settings, *, start: date | None = None, end: date | None = None,
+             spark: Any = None) -> dict[str, int]:
+    """Spark: every trigger firing in ``[start, end)`` from the event log (the stream's trigger history, for
+    training and backtests), replacing those days of ``settings.trigger_table_path``; firings per trigger."""
+    from pipelines.spark.triggers import SparkTriggers
+
+    return SparkTriggers(settings, spark=spark).build(utc_midnight(start), utc_midnight(end)).fires
 
 
 def log_end(settings: Settings) -> datetime:

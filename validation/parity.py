@@ -21,11 +21,17 @@ What is compared, in the spirit of Chronon's online/offline consistency metrics:
   offline tables at the same moment;
 * **late data**: how many events each engine dropped as late, duplicate, without
   consent or invalid, next to the reference's counts, so any effect of late data
-  on agreement is visible, not hidden.
+  on agreement is visible, not hidden;
+* **triggers**, per trigger: the sets of ``(key, trigger, fire_time)`` of the trigger
+  reference (:class:`features.trigger_reference.TriggerReference`), Spark's offline
+  table of firings (:class:`pipelines.spark.triggers.SparkTriggers`) and the stream's
+  trigger log (deduplicated by ``fire_id`` on read): ``compared`` counts the
+  reference's firings, ``missing``/``extra`` per engine those it lacks or adds.
 
 Both engines run to the same end, the UTC midnight after the last arrival: Spark
-backfills ``[-inf, end)``; the stream replays the whole log in arrival order and
-runs its timers up to ``end`` minus one microsecond. The JSON report lands in
+backfills ``[-inf, end)`` (features and firings); the stream replays the whole log in
+arrival order and runs its timers (expiries and trigger deadlines) up to ``end`` minus
+one microsecond, as the trigger reference's ``until``. The JSON report lands in
 ``data_path/parity/report.json``; the exit status is 1 on any disagreement.
 """
 
@@ -51,6 +57,8 @@ from features import spec
 from features.reference import Reference
 from features.registry import REGISTRY, Registry
 from features.semantics import Collision, Drop, EventRules
+from features.trigger_catalog import TRIGGERS
+from features.trigger_reference import TriggerReference
 from pipelines.engine import BuildReport
 from pipelines.ingest.eventlog import read_parquet, table_to_records
 from pipelines.ingest.simulator import write_stream
@@ -99,6 +107,56 @@ class FeatureParity:
         return not (self.mismatched or self.missing or self.extra or self.reference_mismatched)
 
 
+FireKey = tuple[str, str, datetime]  # (key, trigger, fire_time)
+
+
+@dataclass
+class TriggerParity:
+    """Agreement of one trigger's firings: the reference's against each engine's, as sets of (key, trigger,
+    fire time)."""
+
+    trigger: str
+    compared: int = 0  # the reference's firings
+    fired: dict[str, int] = field(default_factory=dict)  # engine -> its firings
+    missing: dict[str, int] = field(default_factory=dict)  # engine -> reference firings it lacks
+    extra: dict[str, int] = field(default_factory=dict)  # engine -> firings the reference does not have
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def mismatched(self) -> int:
+        return sum(self.missing.values()) + sum(self.extra.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatched
+
+
+def compare_triggers(reference: Iterable[FireKey], engines: Mapping[str, Iterable[FireKey]],
+                     names: Iterable[str] | None = None, examples: int = 3) -> list[TriggerParity]:
+    """Per trigger (``names``: every trigger, firing or not), each engine's firings against the reference's."""
+    want: dict[str, set[FireKey]] = defaultdict(set)
+    for f in reference:
+        want[f[1]].add(f)
+    got: dict[str, dict[str, set[FireKey]]] = {e: defaultdict(set) for e in engines}
+    for engine, fires in engines.items():
+        for f in fires:
+            got[engine][f[1]].add(f)
+    every = list(names) if names is not None else []
+    every += sorted({*want, *(t for g in got.values() for t in g)} - set(every))
+    out: list[TriggerParity] = []
+    for name in every:
+        tp = TriggerParity(trigger=name, compared=len(want[name]))
+        for engine in engines:
+            mine = got[engine][name]
+            lacks, adds = want[name] - mine, mine - want[name]
+            tp.fired[engine], tp.missing[engine], tp.extra[engine] = len(mine), len(lacks), len(adds)
+            for kind, diff in (("missing", lacks), ("extra", adds)):
+                for key, _t, at in sorted(diff)[:max(0, examples - len(tp.examples))]:
+                    tp.examples.append(f"{engine} {kind}: {key} at {at.isoformat()}")
+        out.append(tp)
+    return out
+
+
 @dataclass
 class ParityReport:
     events: int
@@ -108,26 +166,38 @@ class ParityReport:
     feast: dict[str, int]  # compared / mismatched cells between Feast online and Feast offline
     seconds: dict[str, float]
     workers: int
+    triggers: list[TriggerParity] = field(default_factory=list)
 
     @property
     def mismatches(self) -> int:
         return sum(f.mismatched + f.missing + f.extra + f.reference_mismatched for f in self.features) + \
             self.feast.get("mismatched", 0) + sum(int(d != self.drops.get("reference")) for e, d in self.drops.items()
-                                                  if e != "reference")
+                                                  if e != "reference") + \
+            sum(t.mismatched for t in self.triggers)
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "end": self.end.isoformat(), "workers": self.workers,
                 "mismatches": self.mismatches, "drops": self.drops, "feast": self.feast, "seconds": self.seconds,
-                "features": [asdict(f) for f in self.features]}
+                "features": [asdict(f) for f in self.features],
+                "triggers": [{**asdict(t), "mismatched": t.mismatched} for t in self.triggers]}
 
     def lines(self) -> list[str]:
-        """The per-feature table and the drop counts, for a terminal."""
+        """The per-feature table, the per-trigger table and the drop counts, for a terminal."""
         out = [f"{'view':17s} {'feature':42s} {'compared':>9s} {'mismatch':>8s} {'missing':>7s} {'extra':>6s} "
                f"{'ref cmp':>8s} {'ref bad':>7s}"]
         for f in self.features:
             out.append(f"{f.view:17s} {f.feature:42s} {f.compared:9,d} {f.mismatched:8,d} {f.missing:7,d} "
                        f"{f.extra:6,d} {f.reference_compared:8,d} {f.reference_mismatched:7,d}")
             out += [f"    e.g. {e}" for e in f.examples[:3]]
+        if self.triggers:
+            engines = list(self.triggers[0].fired)
+            out.append("")
+            out.append(f"{'trigger':28s} {'compared':>9s} " + " ".join(
+                f"{e + ' ' + k:>16s}" for e in engines for k in ("fired", "missing", "extra")))
+            for t in self.triggers:
+                out.append(f"{t.trigger:28s} {t.compared:9,d} " + " ".join(
+                    f"{n:16,d}" for e in engines for n in (t.fired[e], t.missing[e], t.extra[e])))
+                out += [f"    e.g. {e}" for e in t.examples[:3]]
         reasons = sorted({r for d in self.drops.values() for r in d})
         out.append("")
         out.append(f"{'drops/collisions':17s} " + " ".join(f"{r:>17s}" for r in reasons))
@@ -235,12 +305,14 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
     # the engines and Feast import pyspark, bytewax and feast (seconds each): only here, so that importing the
     # comparison rules (``same``, ``compare_view``), as the tests and the demo do, stays quick
     from pipelines.spark.backfill import SparkBackfill
+    from pipelines.spark.triggers import SparkTriggers, read_fire_table
     from pipelines.store.online import read_online
     from pipelines.store.repo import apply_repo
     from pipelines.store.retrieval import FeastRetrieval
     from pipelines.stream.changelog import read_changelog
     from pipelines.stream.engine import BytewaxEngine
     from pipelines.stream.sources import JsonlReplaySource
+    from pipelines.stream.triggers import fire_set, read_triggers
     from pipelines.stream.types import StreamClock, StreamOutputs
 
     report = as_progress(progress)
@@ -258,11 +330,15 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
         report.log(f"   spark: {sum(spark_report.views.values()):,} change points in {seconds['spark']}s")
     else:
         spark_report, seconds["spark"] = built, round(built.seconds, 2)
+    t0 = time.perf_counter()
+    spark_triggers = SparkTriggers(settings, registry, spark=spark).build(None, end)
+    seconds["spark_triggers"] = round(time.perf_counter() - t0, 2)
+    report.log(f"   spark: {sum(spark_triggers.fires.values()):,} trigger firings in {seconds['spark_triggers']}s")
 
     replay = settings.data_path / "parity" / "stream.jsonl"
     n = write_stream(table, replay)
     out = StreamOutputs.from_settings(settings, online=True)
-    for d in (out.changelog_dir, out.drops_dir):
+    for d in (out.changelog_dir, out.drops_dir, out.triggers_dir):
         if d is not None:
             shutil.rmtree(d, ignore_errors=True)
     store = apply_repo(settings)
@@ -299,6 +375,13 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
             features += compare_view(view, mine, offline, oracle, checked)
             task.advance(1, note=f"{view.name}: {len(keys):,} keys")
 
+    t1 = time.perf_counter()
+    names = [t.name for t in TRIGGERS]
+    streamed = fire_set(read_triggers(out.triggers_dir)) if out.triggers_dir is not None else set()
+    trigger_ref = TriggerReference(records, rules=rules, until=end - timedelta(microseconds=1))
+    engines = {"spark": fire_set(read_fire_table(settings)), "bytewax": streamed}
+    triggers = compare_triggers(trigger_ref.fire_set(), engines, names)
+    seconds["compare_triggers"] = round(time.perf_counter() - t1, 2)
     seconds["compare"] = round(time.perf_counter() - t0, 2)
 
     # Feast online (written by the stream) against Feast offline (get_historical_features over Spark's tables)
@@ -339,4 +422,4 @@ def run_parity(settings: Settings, *, spark: SparkSession | None = None, built: 
              "bytewax": {k: v for k, v in {**stream_report.dropped, **stream_report.collisions}.items()
                          if k in ref_drops}}
     return ParityReport(events=table.num_rows, end=end, features=features, drops=drops, feast=feast,
-                        seconds=seconds, workers=workers)
+                        seconds=seconds, workers=workers, triggers=triggers)

@@ -111,6 +111,10 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
         # the events the owner rule left out of a view (features.state.Owner), as "owner|event_id": they come
         # back from the executors as rows of the aggregation (COLLIDED), so no accumulator (Spark Connect has none)
         self._session_collisions: set[str] = set()
+        # for another job over the same admitted events (pipelines.spark.triggers): more event fields to keep, and
+        # whether validation replaces the dead-letter table's days (the feature backfill owns it)
+        self.extra_fields: set[str] = set()
+        self.write_dead_letters = True
 
     # -- inputs --------------------------------------------------------------------------------
     def context(self) -> timedelta | None:
@@ -216,7 +220,9 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
         self.dead_letters = {k: int(v or 0) for k, v in counts.asDict().items() if k != INVALID and v}
         report.dropped[INVALID] = int(counts[INVALID] or 0)
         path = str(self.settings.dead_letter_path / DEAD_LETTER_TABLE)
-        if report.dropped[INVALID]:
+        if not self.write_dead_letters:
+            pass
+        elif report.dropped[INVALID]:
             self._replace_partitions(flagged.where(owned & F.col("_problem").isNotNull()), path)
         elif self.start is not None and self.end is not None:
             self._delete_partitions(path, _days(self.start, self.end))
@@ -238,7 +244,7 @@ class SparkBackfill(MaterializationEngine[Path | str | None, DataFrame, DataFram
         consented = F.coalesce(F.col(self.rules.consent_field), F.lit(False))
         reason = (F.when(~consented, F.lit(Drop.NO_CONSENT.value))
                   .when(delay_us > F.lit(lateness_us), F.lit(Drop.LATE.value)))
-        needed = sorted(set().union(*(v.event_fields() for v in self.registry.views)))
+        needed = sorted(set().union(*(v.event_fields() for v in self.registry.views)) | self.extra_fields)
         staged = events.select(*needed).withColumn("_reason", reason)
         ok = F.col("_reason").isNull()
         # how many users share an id among the copies that survive rules 2 and 3 (a collision needs two); the

@@ -91,6 +91,15 @@ Outputs
   grow and coalesce under load instead of queueing);
 * an in-memory list for tests.
 
+* the **trigger output** (:mod:`pipelines.stream.triggers`): every firing of the triggers of
+  :mod:`features.trigger_catalog`, which the keyed steps fire by themselves (user triggers in ``users``,
+  a session view's conditions in ``keys``, session absence triggers in a ``triggers`` step keyed by
+  ``join_key|key``; deadlines in data time in a replay, on the wall clock live, like the expiries):
+  the embedded trigger log (``settings.trigger_log_path/part-*.jsonl``, one firing a line, exactly once
+  with recovery) or, with ``stream.trigger_output: kafka``, the topic ``stream.trigger_topic`` keyed by
+  ``fire_id`` (at least once: consumers deduplicate by the key, as
+  :func:`pipelines.stream.triggers.read_triggers` does on read for the log).
+
 The file sinks are Bytewax partitioned sinks that truncate to their snapshot on resume,
 so with recovery they hold every row exactly once. The online writers drain at every
 snapshot (the end of each epoch), so a snapshot never covers rows that were only
@@ -142,6 +151,15 @@ from pipelines.stream.decode import validate_batch
 from pipelines.stream.logic import IdLogic, KeyLogic, StepPlan, UserLogic, router
 from pipelines.stream.sinks import DeadLetterSink, JsonlLogSink, MemorySink, OnlineStoreSink
 from pipelines.stream.sources import JsonlReplaySource, kafka_source
+from pipelines.stream.triggers import (
+    Fires,
+    TriggerLogic,
+    encode_fires,
+    routed_triggers,
+    trigger_router,
+    user_triggers,
+    view_triggers,
+)
 from pipelines.stream.types import (
     ADMISSION_KEY,
     INVALID,
@@ -160,6 +178,7 @@ if TYPE_CHECKING:
 
 USERS = "users"  # the step keyed by user_id: admission and the views keyed by the user
 KEYS = "keys"  # the step keyed by view|key: the views of other entities (sessions)
+TRIGGERS = "triggers"  # the step keyed by join_key|key: the absence triggers of other entities (sessions)
 
 
 def relax_gc() -> None:
@@ -208,6 +227,7 @@ class StepSinks(NamedTuple):
     changelog: Stream | None  # (part, encoded lines)
     online: Stream | None  # ("view|key", FeatureRow)
     memory: Stream | None  # FeatureRow
+    triggers: Stream | None = None  # (state key, encoded trigger lines) or KafkaSinkMessage(fire_id, line)
 
 
 class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, Stream, StepSinks]):
@@ -229,6 +249,7 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         self.flow = Dataflow(flow_id)
         self._steps: list[Step] = []
         self._drops: list[Stream] = []  # encoded drop records of every step, for the drops log (in this order)
+        self._fires: dict[str, Stream] = {}  # each step's (state key, Fires), for the trigger output
         self._built = False
 
     # -- sources ---------------------------------------------------------------------------------
@@ -252,6 +273,8 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         routed = tuple(v for v in views if v.entity.join_key != ADMISSION_KEY)
         if routed:
             steps.append(Step(KEYS, f"view{KEY_SEP}key", routed))
+        if self.outputs.fires_trigger and routed_triggers():
+            steps.append(Step(TRIGGERS, f"join_key{KEY_SEP}key", ()))  # no view: absence triggers only
         return steps
 
     def prepare(self, steps: Sequence[Step]) -> None:
@@ -285,8 +308,10 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         the admitted, user-keyed stream, holds the rows of those views beside the admitted events."""
         users = self._step(USERS)
         own = tuple((v, v.event_types()) for v in (users.views if users is not None else ()))
-        plan = StepPlan(own=own, forward=self._step(KEYS) is not None, views={v.name: v for v in self._views()},
-                        rules=self.rules, clock=self.clock)
+        triggers = user_triggers(users.views if users is not None else ()) if self.outputs.fires_trigger else ()
+        plan = StepPlan(own=own, forward=self._step(KEYS) is not None or self._step(TRIGGERS) is not None,
+                        views={v.name: v for v in self._views()}, rules=self.rules, clock=self.clock,
+                        triggers=triggers)
         decided = op.stateful_batch(USERS, events, lambda resume: UserLogic(plan, resume))
         # one reader splits the step's output by type (each more reader of a stream gets a copy of every item)
         rows = op.branch("user_rows", decided, lambda kv: type(kv[1]) is list)
@@ -299,9 +324,11 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         split = op.branch("admit_drops_or_admitted", claims.falses, lambda kv: type(kv[1]) is Drops)
         self._drops.append(op.flat_map_batch("admit_drops", split.trues, lambda xs: [
             (k, encode_drops(d.records)) for k, d in xs]))
+        fires = op.branch("user_fires", split.falses, lambda kv: type(kv[1]) is Fires)
+        self._fires[USERS] = fires.trues
         for d in Drop:
             report.dropped.setdefault(d.value, 0)
-        return UserStreams(rows=rows.trues, admitted=split.falses)
+        return UserStreams(rows=rows.trues, admitted=fires.falses)
 
     def key_by_entity(self, step: Step, events: UserStreams) -> Stream:
         """``users``: the rows of the admission step, already keyed by user (that step is this one's state).
@@ -309,6 +336,10 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         order per key (every event of a key travels one path: its user's worker, then the key's)."""
         if step.name == USERS:
             return events.rows
+        if step.name == TRIGGERS:  # every admitted event that carries a key some absence trigger reads it for
+            route_fires = trigger_router(routed_triggers())
+            return op.flat_map_batch("route_triggers", events.admitted, lambda xs: [
+                item for _, a in xs if type(a) is Admitted for e in a.events for item in route_fires(e)])
         routes = tuple(router(v) for v in step.views)
         return op.flat_map_batch("route", events.admitted, lambda xs: [
             item for _, a in xs if type(a) is Admitted for route in routes for e in a.events
@@ -320,10 +351,19 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         go to the drops log. Both give ``(state key, [Row, ...])`` items."""
         if step.name == USERS:
             return keyed
-        views, clock = {v.name: v for v in step.views}, self.clock
-        out = op.stateful_batch(KEYS, keyed, lambda resume: KeyLogic(views, clock, resume))
+        clock, lateness = self.clock, self.rules.allowed_lateness
+        if step.name == TRIGGERS:
+            absence = routed_triggers()
+            self._fires[TRIGGERS] = op.stateful_batch(TRIGGERS, keyed, lambda resume: TriggerLogic(
+                absence, clock, lateness, resume))
+            return op.flat_map_batch("trigger_rows", self._fires[TRIGGERS], lambda xs: [])  # no rows
+        views = {v.name: v for v in step.views}
+        conditions = {v.name: view_triggers(v) for v in step.views} if self.outputs.fires_trigger else {}
+        out = op.stateful_batch(KEYS, keyed, lambda resume: KeyLogic(views, clock, resume, conditions, lateness))
         split = op.branch("key_rows", out, lambda kv: type(kv[1]) is list)
-        self._drops.append(op.flat_map_batch("key_collisions", split.falses, lambda xs: [
+        fires = op.branch("key_fires", split.falses, lambda kv: type(kv[1]) is Fires)
+        self._fires[KEYS] = fires.trues
+        self._drops.append(op.flat_map_batch("key_collisions", fires.falses, lambda xs: [
             (k, encode_drops(d.records)) for k, d in xs]))
         return split.trues
 
@@ -332,7 +372,12 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         :meth:`finish` attaches. The changelog encodes a batch's rows in one call per log file."""
         out = self.outputs
         names = {v.name: v.feature_names for v in step.views}
-        changelog = online = memory = None
+        changelog = online = memory = triggers = None
+        fires = self._fires.get(step.name)
+        if fires is not None and out.fires_trigger:
+            triggers = self._encode_fires(step, fires)
+        if step.name == TRIGGERS:
+            return StepSinks(None, None, None, triggers)
         if out.changelog_dir is not None:
             changelog = op.flat_map_batch(f"{step.name}_changelog_encode", rows, lines_by_part(out.parts))
         if out.online:
@@ -341,7 +386,19 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         if out.memory is not None:
             memory = op.flat_map_batch(f"{step.name}_memory_rows", rows, lambda xs: [
                 r.feature_row(names) for _, rs in xs for r in rs])
-        return StepSinks(changelog, online, memory)
+        return StepSinks(changelog, online, memory, triggers)
+
+    def _encode_fires(self, step: Step, fires: Stream) -> Stream:
+        """A step's firings for the trigger output: JSON lines by state key (the trigger log), or one Kafka
+        message per firing keyed by its ``fire_id`` (the trigger topic)."""
+        if self.outputs.trigger_topic is None:
+            return op.flat_map_batch(f"{step.name}_triggers_encode", fires, lambda xs: [
+                (k, encode_fires(f.fires)) for k, f in xs])
+        from bytewax.connectors.kafka import KafkaSinkMessage
+
+        return op.flat_map_batch(f"{step.name}_triggers_messages", fires, lambda xs: [
+            KafkaSinkMessage(fire.fire_id.encode(), encode_fires([fire]).rstrip(b"\n"))
+            for _, f in xs for fire in f.fires])
 
     def finish(self, written: Sequence[tuple[Step, StepSinks]], report: BuildReport) -> BuildReport:
         """Attach each sink once, fed by every step (one writer per log file), and the drops log. The counts
@@ -363,6 +420,16 @@ class BytewaxEngine(MaterializationEngine[Source | Stream, UserStreams, Stream, 
         if memory is not None and out.memory is not None:
             op.output("memory", memory, MemorySink(out.memory))
         op.output("drops_log", op.merge("drops", *self._drops), JsonlLogSink(out.drops_dir, out.parts))
+        triggers = merged("trigger_items", [w.triggers for _, w in written])
+        if triggers is not None and out.trigger_topic is not None:
+            from bytewax.connectors.kafka import KafkaSink
+
+            from pipelines.ingest.kafka import ensure_topic
+
+            ensure_topic(",".join(out.trigger_brokers), out.trigger_topic)
+            op.output("trigger_topic", triggers, KafkaSink(out.trigger_brokers, out.trigger_topic))
+        elif triggers is not None and out.triggers_dir is not None:
+            op.output("trigger_log", triggers, JsonlLogSink(out.triggers_dir, out.parts))
         return report
 
     def _step(self, name: str) -> Step | None:

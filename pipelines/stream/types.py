@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -140,13 +140,29 @@ class StreamOutputs:
     memory: list[FeatureRow] | None = None
     parts: int = DEFAULT_PARTS
     online_parts: int | None = None  # Feast writers; default one per view
+    # the trigger output (pipelines.stream.triggers): the trigger log's directory, or a Kafka topic (and brokers);
+    # neither: the stream fires no trigger
+    triggers_dir: Path | None = None
+    trigger_topic: str | None = None
+    trigger_brokers: list[str] = field(default_factory=list)
+
+    @property
+    def fires_trigger(self) -> bool:
+        return self.triggers_dir is not None or self.trigger_topic is not None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, online: bool = False, changelog: bool = True,
-                      memory: list[FeatureRow] | None = None) -> StreamOutputs:
+                      memory: list[FeatureRow] | None = None, triggers: bool = True) -> StreamOutputs:
         root = settings.data_path / "stream"
+        stream = settings.stream
+        kafka = triggers and stream.trigger_output == "kafka"
+        if kafka and not stream.brokers:
+            raise ValueError("stream.brokers is required when stream.trigger_output is kafka")
         return cls(changelog_dir=root / "changelog" if changelog else None, drops_dir=root / "drops",
-                   dead_letter_dir=settings.dead_letter_path, online=online, memory=memory)
+                   dead_letter_dir=settings.dead_letter_path, online=online, memory=memory,
+                   triggers_dir=settings.trigger_log_path if triggers and not kafka else None,
+                   trigger_topic=stream.trigger_topic if kafka else None,
+                   trigger_brokers=[b for b in stream.brokers.split(",") if b] if kafka else [])
 
 
 

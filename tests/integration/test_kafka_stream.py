@@ -125,6 +125,30 @@ def test_kafka_topic_to_feast_online_store_matches_the_reference(broker: str, tm
         assert online[-1] == view.finalize_row({}), "a key never seen reads as its cold-start defaults"
 
 
+def test_triggers_go_to_the_trigger_topic_once_each_and_equal_the_reference(broker: str,
+                                                                           tmp_path: Path) -> None:
+    """``stream.trigger_output: kafka``: every firing is a message keyed by its ``fire_id`` on the trigger topic;
+    read back (deduplicated by key), they are the trigger reference's firings."""
+    from features.trigger_reference import TriggerReference
+    from pipelines.stream.triggers import read_trigger_topic
+
+    events = adversarial_log(24, users=4, events=400)
+    topic, triggers = f"kairos.events.{uuid.uuid4().hex[:8]}", f"kairos.triggers.{uuid.uuid4().hex[:8]}"
+    publish_to_kafka(in_arrival_order(events), broker, topic, partitions=2)
+    settings = load_settings(data_dir=tmp_path, online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+                             stream={"source": "kafka", "brokers": broker, "topic": topic,
+                                     "trigger_output": "kafka", "trigger_topic": triggers})
+    until = max(e["ingest_time"] for e in events)
+    outputs = StreamOutputs.from_settings(settings)
+    assert outputs.trigger_topic == triggers and outputs.triggers_dir is None
+    BytewaxEngine(settings, clock=StreamClock(until=until), outputs=outputs).run(
+        kafka_source(broker, topic, tail=False), workers=2)
+    fires, messages = read_trigger_topic(broker, triggers)
+    want = TriggerReference(events, rules=RULES, until=until).fire_set()
+    assert want and {f.identity for f in fires} == want
+    assert messages == len(fires), "a firing was sent twice in a run without a restart"
+
+
 def test_publish_keeps_each_users_events_in_one_partition_in_order(broker: str) -> None:
     from confluent_kafka import Consumer, TopicPartition
 

@@ -5,8 +5,10 @@ replay, with a SQLite recovery directory (``python -m bytewax.recovery DIR 1``) 
 one-second snapshot interval. It is killed with SIGKILL mid-stream, after some
 snapshots, and started again with the same arguments. Afterwards nothing may be lost
 and nothing counted twice: the changelog holds every change point exactly once with the
-reference's values, the drops log counts exactly the reference's drops, and the run
-really resumed (from a later line of the file than the first).
+reference's values, the drops log counts exactly the reference's drops, the trigger log
+holds every firing of the trigger reference exactly once (as written: no line repeats a
+``fire_id``, before any deduplication on read), and the run really resumed (from a later
+line of the file than the first).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from conf.settings import Settings
+from features.trigger_reference import TriggerReference
 from pipelines.ingest.eventlog import write_jsonl
 from pipelines.stream.changelog import read_changelog, read_drops
+from pipelines.stream.triggers import decode_fire, read_trigger_lines
 from tests.adversarial import adversarial_log
-from tests.parity.test_stream_reference import assert_drops_match, assert_matches_reference, in_arrival_order
+from tests.parity.test_stream_reference import RULES, assert_drops_match, assert_matches_reference, in_arrival_order
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,6 +77,8 @@ def test_sigkill_mid_stream_then_resume_loses_nothing_and_counts_nothing_twice(t
     first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL
     written_before = changelog_lines(changelog)
+    fired_before = len(read_trigger_lines(tmp_settings.trigger_log_path))
+    assert fired_before > 0, "no trigger fired before the kill: the trigger log's recovery was not put to the test"
 
     second = start(rate=None)
     _, err = second.communicate(timeout=120)
@@ -92,3 +98,12 @@ def test_sigkill_mid_stream_then_resume_loses_nothing_and_counts_nothing_twice(t
     assert_drops_match(read_drops(tmp_settings.data_path / "stream" / "drops"), events)
     drop_lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_settings.data_path / "stream" / "drops").glob("*"))
     assert drop_lines == sum(read_drops(tmp_settings.data_path / "stream" / "drops").values()), "a drop logged twice"
+
+    lines = read_trigger_lines(tmp_settings.trigger_log_path)
+    fires = [decode_fire(line) for line in lines]
+    ids = Counter(f.fire_id for f in fires)
+    assert max(ids.values()) == 1, f"a firing was written twice: {[i for i, n in ids.items() if n > 1][:3]}"
+    assert len(fires) > fired_before
+    want = TriggerReference(events, rules=RULES).fire_set()
+    got = {f.identity for f in fires}
+    assert got == want, f"missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}"

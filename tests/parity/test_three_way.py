@@ -39,6 +39,16 @@ def test_every_feature_agrees_across_the_three_implementations(report: ParityRep
     assert report.mismatches == 0, "\n".join(report.lines())
 
 
+def test_every_trigger_fires_the_same_in_the_reference_spark_and_bytewax(report: ParityReport) -> None:
+    from features.trigger_catalog import TRIGGERS
+
+    assert [t.trigger for t in report.triggers] == [t.name for t in TRIGGERS]
+    assert sum(t.compared for t in report.triggers) > 0
+    for t in report.triggers:
+        assert t.ok and t.fired == {"spark": t.compared, "bytewax": t.compared}, t
+    assert "cart_abandoned_15m" in "\n".join(report.lines())
+
+
 def test_engines_drop_the_same_late_duplicate_and_unconsented_events(report: ParityReport) -> None:
     assert report.drops["spark"] == report.drops["bytewax"] == report.drops["reference"]
     assert report.drops["reference"]["late"] > 0 and report.drops["reference"]["duplicate"] > 0
