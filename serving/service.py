@@ -58,7 +58,7 @@ import anyio
 import bentoml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from conf.settings import Scope, load_settings
 from features.registry import REGISTRY
@@ -322,7 +322,7 @@ class Kairos:
 
     @app.post("/v1/score", response_model=ScoreResponse,
               responses={**PROBLEMS, 503: {"model": Problem, "description": "a requested model has no champion"}})
-    async def score(self, body: ScoreRequest, request: Request) -> ScoreResponse:
+    async def score(self, body: ScoreRequest, request: Request) -> Response:
         """The user's scores now (or at ``request_time``) from fresh online features and the champions."""
         t0 = time.perf_counter()
         self.authorize(request, "score")
@@ -343,7 +343,9 @@ class Kairos:
         rows, reason = await self.read(stored_views(services), _keys(body.user_id, body.session_id))
         out = self.score_rows(body, champions, services, rows, reason, at)
         out.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
-        return out
+        # the answer is a ScoreResponse built here: serialized once, not dumped, validated again and serialized by
+        # FastAPI's response_model step (which documents it in the OpenAPI document all the same)
+        return Response(out.model_dump_json(), media_type="application/json")
 
     def score_rows(self, body: ScoreRequest, champions: dict[str, Champion], services: tuple[FeatureService, ...],
                    rows: dict[str, StoredRow] | None, reason: str | None, at: datetime) -> ScoreResponse:
