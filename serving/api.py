@@ -15,6 +15,19 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 ViewState = Literal["fresh", "stale", "cold_start", "degraded"]
 
 
+def _aware_utc(v: datetime | None) -> datetime | None:
+    """A request time in UTC, in a range where ages can be computed (1970-2999)."""
+    if v is None:
+        return None
+    try:
+        utc = v.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if not 1970 <= utc.year <= 2999:
+        raise ValueError("must be between 1970 and 2999")
+    return utc
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,15 +69,7 @@ class ScoreRequest(_Model):
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
         """In UTC, and in a range where ages can be computed."""
-        if v is None:
-            return None
-        try:
-            utc = v.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("is out of range") from None
-        if not 1970 <= utc.year <= 2999:
-            raise ValueError("must be between 1970 and 2999")
-        return utc
+        return _aware_utc(v)
 
 
 class ViewAge(_Model):
@@ -116,18 +121,6 @@ class Problem(_Model):
 
 
 # -- the decision layer ------------------------------------------------------------------------------------------
-def _aware_utc(v: datetime | None) -> datetime | None:
-    if v is None:
-        return None
-    try:
-        utc = v.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range") from None
-    if not 1970 <= utc.year <= 2999:
-        raise ValueError("must be between 1970 and 2999")
-    return utc
-
-
 Flag = bool | int | float | str
 
 
